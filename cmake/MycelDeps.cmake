@@ -1,0 +1,31 @@
+# Third-party dependencies, all from Debian packages (scripts/setup.sh installs them).
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(yaml-cpp REQUIRED)
+
+pkg_check_modules(ZSTD IMPORTED_TARGET libzstd)
+set(MYCEL_HAVE_ZSTD ${ZSTD_FOUND})
+if(NOT ZSTD_FOUND)
+  message(FATAL_ERROR "libzstd not found: run scripts/setup.sh (package libzstd-dev)")
+endif()
+
+# BLAS: OpenBLAS (libopenblas-dev) for the CPU GEMMs.
+pkg_check_modules(OPENBLAS IMPORTED_TARGET openblas)
+if(OPENBLAS_FOUND)
+  set(MYCEL_HAVE_BLAS ON)
+  add_library(mycel_blas INTERFACE)
+  target_link_libraries(mycel_blas INTERFACE PkgConfig::OPENBLAS)
+else()
+  message(FATAL_ERROR "OpenBLAS not found: run scripts/setup.sh (package libopenblas-dev)")
+endif()
+
+# UCX (libucx-dev): the deployment transport. Optional: without it only inproc is built.
+pkg_check_modules(UCX IMPORTED_TARGET ucx)
+set(MYCEL_HAVE_UCX ${UCX_FOUND})
+
+if(MYCEL_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
