@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +37,11 @@ struct LoadOptions {
   double test_fraction = 0.2;
   size_t max_train = 0;       // 0: all (tests and benches may take a prefix)
   size_t max_test = 0;
+  // Images (mnist, fashion-mnist): pixels are scaled to [0, 1]; with this set they are then
+  // normalised as (p - mean) / std with the scalar pixel mean and std of the training split
+  // (torchvision's Normalize((0.1307,), (0.3081,)) for MNIST). Tabular sets are always
+  // standardised per feature with training statistics.
+  bool normalize_images = false;
 };
 
 // Names: "mnist", "fashion-mnist", "spambase", "pendigits", "letter". A missing data set is a
@@ -44,5 +50,28 @@ Result<Split> load(std::string_view name, const LoadOptions& opt = {});
 
 // $MYCEL_DATA or "data".
 std::string default_data_dir();
+
+// --- additions beyond the first contract -------------------------------------------------
+
+// The names load() accepts, in a stable order.
+std::span<const std::string_view> dataset_names();
+
+// Per-feature mean and standard deviation (population, over all rows of `d`).
+struct FeatureStats {
+  std::vector<double> mean;
+  std::vector<double> std;
+};
+FeatureStats feature_stats(const Dataset& d);
+
+// x <- (x - mean) / std per feature; a constant feature (std below 1e-12) is only centred,
+// so that it becomes 0 instead of NaN.
+void standardize(Dataset& d, const FeatureStats& s);
+
+// A copy of the rows `idx` (in that order), same shape and classes. Indices out of range are
+// a kOutOfRange error.
+Result<Dataset> subset(const Dataset& d, std::span<const size_t> idx);
+
+// Samples per class.
+std::vector<size_t> class_counts(const Dataset& d);
 
 }  // namespace mycel::data
