@@ -89,11 +89,15 @@ void log_trail(const Status& s, const char* expr, const char* file, int line);
 #define MYCEL_CONCAT(a, b) MYCEL_CONCAT_INNER(a, b)
 
 // MYCEL_ASSIGN_OR_RETURN(auto x, make_x()); declares x from a Result<T> or returns its Status.
-#define MYCEL_ASSIGN_OR_RETURN(decl, expr)                                          \
-  auto MYCEL_CONCAT(_mycel_r_, __LINE__) = (expr);                                  \
-  if (!MYCEL_CONCAT(_mycel_r_, __LINE__).is_ok()) {                                 \
-    ::mycel::detail::log_trail(MYCEL_CONCAT(_mycel_r_, __LINE__).status(), #expr,   \
-                               __FILE__, __LINE__);                                 \
-    return MYCEL_CONCAT(_mycel_r_, __LINE__).status();                              \
-  }                                                                                 \
-  decl = std::move(MYCEL_CONCAT(_mycel_r_, __LINE__)).value()
+// The temporary's name comes from __COUNTER__, expanded once, so an invocation that spans
+// several lines still names one variable.
+#define MYCEL_ASSIGN_OR_RETURN(decl, expr) MYCEL_AOR_1(__COUNTER__, decl, expr)
+#define MYCEL_AOR_1(n, decl, expr) MYCEL_AOR_2(n, decl, expr)
+#define MYCEL_AOR_2(n, decl, expr) MYCEL_ASSIGN_OR_RETURN_IMPL(_mycel_r_##n, decl, expr)
+#define MYCEL_ASSIGN_OR_RETURN_IMPL(tmp, decl, expr)                              \
+  auto tmp = (expr);                                                              \
+  if (!tmp.is_ok()) {                                                             \
+    ::mycel::detail::log_trail(tmp.status(), #expr, __FILE__, __LINE__);          \
+    return tmp.status();                                                          \
+  }                                                                               \
+  decl = std::move(tmp).value()

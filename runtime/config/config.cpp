@@ -1,0 +1,417 @@
+#include "runtime/config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "kernels/codec.h"
+#include "runtime/core/merge_rule.h"
+
+namespace mycel::runtime {
+namespace {
+
+using K = KeyType;
+constexpr double kBig = 1e18;
+
+// The single table of keys. Order is the order of `mycel config --defaults`.
+const std::vector<ConfigKey> kSchema = {
+    {"name", K::kString, "experiment", 0, 0, "", false, "experiment name (used in the output folder)"},
+    {"seed", K::kInt, "1", 0, kBig, "", false, "seed of every random choice (partition, init, peer sampling)"},
+    {"device", K::kString, "auto", 0, 0, "", false, "auto | cpu | cuda | cuda:N (auto: the GPU when present)"},
+    {"data.dataset", K::kString, "fashion-mnist", 0, 0, "mnist|fashion-mnist|spambase|pendigits|letter", false, "data set (scripts/fetch-data.sh NAME fetches it)"},
+    {"data.dir", K::kString, "", 0, 0, "", false, "data folder (empty: $MYCEL_DATA or data/)"},
+    {"data.partition", K::kString, "dirichlet:0.5", 0, 0, "", false, "how the training set is split over peers: iid | dirichlet:ALPHA | shards:S | one-class"},
+    {"data.max_train", K::kInt, "0", 0, kBig, "", false, "use at most this many training samples (0: all)"},
+    {"data.max_test", K::kInt, "0", 0, kBig, "", false, "use at most this many test samples (0: all)"},
+    {"model", K::kString, "mlp:200,200", 0, 0, "", false, "model: logreg | mlp:H1,H2,... | cnn | cnn:C1,C2,FC"},
+    {"train.batch", K::kInt, "32", 1, 65536, "", false, "minibatch size of local SGD"},
+    {"train.lr", K::kFloat, "0.05", 0, 100, "", true, "base learning rate"},
+    {"train.momentum", K::kFloat, "0", 0, 0.999, "", false, "SGD momentum"},
+    {"train.weight_decay", K::kFloat, "0", 0, 1, "", false, "L2 weight decay"},
+    {"train.schedule", K::kString, "constant", 0, 0, "constant|step|cosine|age", false, "learning-rate schedule (age: eta / age, gossip learning)"},
+    {"train.local_steps", K::kInt, "1", 1, 100000, "", true, "local SGD steps after each merge (gossip) or per round (D-PSGD)"},
+    {"protocol.name", K::kString, "gossip", 0, 0, "gossip|push-pull|dpsgd|fedavg", false, "decentralized protocol, or fedavg (with a server) as the baseline"},
+    {"protocol.period_s", K::kFloat, "1.0", 1e-3, 86400, "", true, "gossip period: a peer wakes and sends its model this often"},
+    {"protocol.jitter", K::kFloat, "0.1", 0, 0.99, "", true, "period jitter, as a fraction of the period (uniform +-)"},
+    {"protocol.fanout", K::kInt, "1", 1, 64, "", true, "peers a model is sent to per period"},
+    {"protocol.merge", K::kString, "age", 0, 0, "", true, "merge rule (age: a = age_recv / (age + age_recv))"},
+    {"protocol.view_size", K::kInt, "8", 1, 1024, "", false, "peer-sampling partial view size (Newscast)"},
+    {"protocol.peer_timeout_s", K::kFloat, "10", 0.01, 86400, "", false, "a peer not heard from for this long is taken as down"},
+    {"protocol.partitioned", K::kBool, "false", 0, 0, "", false, "partitioned subsampling: send one partition of the model, each with its own age"},
+    {"protocol.partitions", K::kInt, "1", 1, 1024, "", false, "number of partitions with protocol.partitioned"},
+    {"protocol.topology", K::kString, "ring", 0, 0, "ring|torus|regular|complete", false, "D-PSGD topology (Metropolis-Hastings weights)"},
+    {"protocol.degree", K::kInt, "4", 1, 1024, "", false, "degree of the random regular topology"},
+    {"protocol.client_fraction", K::kFloat, "0.1", 1e-6, 1, "", false, "FedAvg: fraction C of clients per round"},
+    {"protocol.local_epochs", K::kInt, "1", 1, 1000, "", false, "FedAvg: local epochs E per round"},
+    {"codec.spec", K::kString, "int8", 0, 0, "", true, "codec of model exchanges: fp32 fp16 bf16 int8[:block=B] int4[:block=B] topk:F randk:F [+zstd]"},
+    {"codec.error_feedback", K::kBool, "true", 0, 0, "", true, "keep the compression error and add it to the next message"},
+    {"peers.count", K::kInt, "16", 1, 100000, "", false, "number of peers (local swarm or simulation)"},
+    {"peers.addresses", K::kStringList, "", 0, 0, "", false, "explicit peer addresses (deployment); empty: local peers on loopback"},
+    {"peers.transport", K::kString, "ucx", 0, 0, "ucx|inproc", false, "transport between peers"},
+    {"peers.host", K::kString, "127.0.0.1", 0, 0, "", false, "host the local peers listen on"},
+    {"peers.base_port", K::kInt, "0", 0, 65535, "", false, "first port of the local peers (0: any free port)"},
+    {"run.duration_s", K::kFloat, "60", 0, 1e9, "", false, "stop after this many seconds (0: no limit; then run.rounds)"},
+    {"run.rounds", K::kInt, "0", 0, kBig, "", false, "stop after this many rounds/periods per peer (0: no limit)"},
+    {"eval.every_s", K::kFloat, "5", 0.01, 1e9, "", false, "each peer evaluates its model on the test set this often"},
+    {"eval.max_test", K::kInt, "2000", 0, kBig, "", false, "test samples per evaluation (0: the whole test set)"},
+    {"output", K::kString, "runs", 0, 0, "", false, "output folder: one subfolder per run with per-peer CSVs and summary.json"},
+};
+
+const ConfigKey* find_key(std::string_view path) {
+  for (const auto& k : kSchema)
+    if (k.path == path) return &k;
+  return nullptr;
+}
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> d(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) d[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t prev = d[0];
+    d[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t cur = d[j];
+      d[j] = std::min({d[j] + 1, d[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      prev = cur;
+    }
+  }
+  return d[b.size()];
+}
+
+std::string suggest(std::string_view path) {
+  const ConfigKey* best = nullptr;
+  size_t bd = 4;
+  for (const auto& k : kSchema) {
+    size_t d = edit_distance(path, k.path);
+    if (d < bd) { bd = d; best = &k; }
+  }
+  return best ? " (did you mean '" + std::string(best->path) + "'?)" : "";
+}
+
+std::string where(std::string_view source, const YAML::Mark& m) {
+  if (m.is_null()) return std::string(source);
+  return std::string(source) + ":" + std::to_string(m.line + 1);
+}
+
+std::string expected_text(const ConfigKey& k) {
+  std::string s(key_type_name(k.type));
+  if (!k.choices.empty()) s += " (one of " + std::string(k.choices) + ")";
+  if (k.min < k.max) {
+    std::ostringstream os;
+    os << " in [" << k.min << ", " << (k.max >= kBig ? std::string("inf") : "") ;
+    if (k.max < kBig) os << k.max;
+    os << "]";
+    s += os.str();
+  }
+  return s;
+}
+
+bool parse_int(std::string_view s, int64_t* v) {
+  auto r = std::from_chars(s.data(), s.data() + s.size(), *v);
+  return r.ec == std::errc() && r.ptr == s.data() + s.size();
+}
+bool parse_float(std::string_view s, double* v) {
+  std::string t(s);
+  char* end = nullptr;
+  *v = std::strtod(t.c_str(), &end);
+  return !t.empty() && end == t.c_str() + t.size() && std::isfinite(*v);
+}
+bool parse_bool(std::string_view s, bool* v) {
+  if (s == "true" || s == "yes" || s == "on") { *v = true; return true; }
+  if (s == "false" || s == "no" || s == "off") { *v = false; return true; }
+  return false;
+}
+
+// Checks one scalar value text against its key; returns the normalised text.
+Result<std::string> check_value(const ConfigKey& k, const std::string& text, const std::string& loc) {
+  auto bad = [&](std::string why) {
+    return Error(Code::kInvalidArgument, loc + ": key '" + std::string(k.path) + "': " + why +
+                                             "; expected " + expected_text(k));
+  };
+  switch (k.type) {
+    case K::kInt: {
+      int64_t v;
+      if (!parse_int(text, &v)) return bad("'" + text + "' is not an integer");
+      if (k.min < k.max && (v < k.min || v > k.max)) return bad(text + " is out of range");
+      return std::to_string(v);
+    }
+    case K::kFloat: {
+      double v;
+      if (!parse_float(text, &v)) return bad("'" + text + "' is not a number");
+      if (k.min < k.max && (v < k.min || v > k.max)) return bad(text + " is out of range");
+      return text;
+    }
+    case K::kBool: {
+      bool v;
+      if (!parse_bool(text, &v)) return bad("'" + text + "' is not a boolean");
+      return std::string(v ? "true" : "false");
+    }
+    case K::kString: {
+      if (!k.choices.empty()) {
+        std::string_view c = k.choices;
+        bool ok = false;
+        while (!c.empty()) {
+          size_t bar = c.find('|');
+          if (c.substr(0, bar) == text) ok = true;
+          c = bar == std::string_view::npos ? std::string_view{} : c.substr(bar + 1);
+        }
+        if (!ok) return bad("'" + text + "' is not allowed");
+      }
+      if (k.path == "protocol.merge") {
+        auto rule = make_merge_rule(text);
+        if (!rule) return bad(rule.status().message());
+      }
+      if (k.path == "codec.spec") {
+        auto spec = parse_codec(text);
+        if (!spec) return bad(spec.status().message());
+      }
+      return text;
+    }
+    case K::kStringList: return text;
+  }
+  return text;
+}
+
+Status walk(const YAML::Node& node, const std::string& prefix, std::string_view source,
+            std::map<std::string, std::string>& values, std::set<std::string>& seen) {
+  if (!node.IsMap())
+    return Error(Code::kInvalidArgument, where(source, node.Mark()) + ": expected a mapping of keys" +
+                                             (prefix.empty() ? "" : " under '" + prefix + "'"));
+  for (const auto& kv : node) {
+    std::string key = kv.first.as<std::string>();
+    std::string path = prefix.empty() ? key : prefix + "." + key;
+    std::string loc = where(source, kv.first.Mark());
+    const ConfigKey* k = find_key(path);
+    if (!k) {
+      // A known section: recurse.
+      bool section = false;
+      for (const auto& s : kSchema)
+        if (s.path.size() > path.size() && s.path.substr(0, path.size()) == path &&
+            s.path[path.size()] == '.')
+          section = true;
+      if (section) {
+        if (!kv.second.IsMap())
+          return Error(Code::kInvalidArgument, loc + ": '" + path + "' is a section; expected a mapping");
+        MYCEL_CHECK(walk(kv.second, path, source, values, seen));
+        continue;
+      }
+      return Error(Code::kInvalidArgument, loc + ": unknown key '" + path + "'" + suggest(path));
+    }
+    if (!seen.insert(path).second)
+      return Error(Code::kInvalidArgument, loc + ": key '" + path + "' given twice");
+    const YAML::Node& v = kv.second;
+    if (k->type == K::kStringList) {
+      if (v.IsNull()) { values[path] = ""; continue; }
+      if (!v.IsSequence())
+        return Error(Code::kInvalidArgument, loc + ": key '" + path + "': expected a list of strings");
+      std::string joined;
+      for (const auto& item : v) {
+        if (!item.IsScalar())
+          return Error(Code::kInvalidArgument, where(source, item.Mark()) + ": key '" + path +
+                                                   "': expected a list of strings");
+        if (!joined.empty()) joined += ",";
+        joined += item.as<std::string>();
+      }
+      values[path] = joined;
+      continue;
+    }
+    if (!v.IsScalar())
+      return Error(Code::kInvalidArgument, loc + ": key '" + path + "': expected " + expected_text(*k));
+    MYCEL_ASSIGN_OR_RETURN(values[path], check_value(*k, v.as<std::string>(), loc));
+  }
+  return Ok();
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < s.size()) {
+    size_t c = s.find(',', start);
+    if (c == std::string::npos) c = s.size();
+    if (c > start) out.push_back(s.substr(start, c - start));
+    start = c + 1;
+  }
+  return out;
+}
+
+Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::string_view source) {
+  auto I = [&](const char* k) { return std::stoll(values.at(k)); };
+  auto F = [&](const char* k) { return std::stod(values.at(k)); };
+  auto B = [&](const char* k) { return values.at(k) == "true"; };
+  auto S = [&](const char* k) { return values.at(k); };
+  ExperimentConfig c;
+  c.name = S("name");
+  c.seed = static_cast<uint64_t>(I("seed"));
+  c.device = S("device");
+  c.data.dataset = S("data.dataset");
+  c.data.dir = S("data.dir");
+  c.data.partition = S("data.partition");
+  c.data.max_train = static_cast<uint64_t>(I("data.max_train"));
+  c.data.max_test = static_cast<uint64_t>(I("data.max_test"));
+  c.model = S("model");
+  c.train.batch = static_cast<int>(I("train.batch"));
+  c.train.momentum = F("train.momentum");
+  c.train.weight_decay = F("train.weight_decay");
+  c.train.schedule = S("train.schedule");
+  c.params.lr = F("train.lr");
+  c.params.local_steps = static_cast<int>(I("train.local_steps"));
+  c.protocol.name = S("protocol.name");
+  c.params.period_s = F("protocol.period_s");
+  c.params.jitter = F("protocol.jitter");
+  c.params.fanout = static_cast<int>(I("protocol.fanout"));
+  c.params.merge = S("protocol.merge");
+  c.protocol.view_size = static_cast<int>(I("protocol.view_size"));
+  c.protocol.peer_timeout_s = F("protocol.peer_timeout_s");
+  c.protocol.partitioned = B("protocol.partitioned");
+  c.protocol.partitions = static_cast<int>(I("protocol.partitions"));
+  c.protocol.topology = S("protocol.topology");
+  c.protocol.degree = static_cast<int>(I("protocol.degree"));
+  c.protocol.client_fraction = F("protocol.client_fraction");
+  c.protocol.local_epochs = static_cast<int>(I("protocol.local_epochs"));
+  c.params.codec = S("codec.spec");
+  c.params.error_feedback = B("codec.error_feedback");
+  c.peers.count = static_cast<int>(I("peers.count"));
+  c.peers.addresses = split_list(S("peers.addresses"));
+  c.peers.transport = S("peers.transport");
+  c.peers.host = S("peers.host");
+  c.peers.base_port = static_cast<int>(I("peers.base_port"));
+  c.duration_s = F("run.duration_s");
+  c.rounds = static_cast<uint64_t>(I("run.rounds"));
+  c.eval.every_s = F("eval.every_s");
+  c.eval.max_test = static_cast<uint64_t>(I("eval.max_test"));
+  c.output = S("output");
+  // Cross-key rules.
+  if (!c.peers.addresses.empty() && static_cast<int>(c.peers.addresses.size()) != c.peers.count)
+    return Error(Code::kInvalidArgument,
+                 std::string(source) + ": peers.addresses lists " + std::to_string(c.peers.addresses.size()) +
+                     " addresses but peers.count is " + std::to_string(c.peers.count));
+  if (c.duration_s == 0 && c.rounds == 0)
+    return Error(Code::kInvalidArgument,
+                 std::string(source) + ": run.duration_s and run.rounds are both 0: the run would never end");
+  c.flat = std::move(values);
+  return c;
+}
+
+std::map<std::string, std::string> defaults() {
+  std::map<std::string, std::string> v;
+  for (const auto& k : kSchema) v[std::string(k.path)] = std::string(k.def);
+  return v;
+}
+
+}  // namespace
+
+std::string_view key_type_name(KeyType t) {
+  switch (t) {
+    case K::kInt: return "integer";
+    case K::kFloat: return "number";
+    case K::kBool: return "boolean";
+    case K::kString: return "string";
+    case K::kStringList: return "list of strings";
+  }
+  return "?";
+}
+
+const std::vector<ConfigKey>& config_schema() { return kSchema; }
+
+Result<ExperimentConfig> parse_config(std::string_view yaml, std::string_view source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return Error(Code::kInvalidArgument,
+                 std::string(source) + ":" + std::to_string(e.mark.line + 1) + ": yaml syntax error: " + e.msg);
+  }
+  auto values = defaults();
+  if (!root.IsNull()) {
+    std::set<std::string> seen;
+    try {
+      MYCEL_CHECK(walk(root, "", source, values, seen));
+    } catch (const YAML::Exception& e) {
+      return Error(Code::kInvalidArgument,
+                   std::string(source) + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+    }
+  }
+  return build(std::move(values), source);
+}
+
+Result<ExperimentConfig> load_config(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return Error(Code::kNotFound, "cannot open config '" + path + "'");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_config(ss.str(), path);
+}
+
+Result<ExperimentConfig> apply_overrides(const ExperimentConfig& base,
+                                         const std::vector<std::string>& overrides) {
+  auto values = base.flat;
+  for (const auto& o : overrides) {
+    size_t eq = o.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return Error(Code::kInvalidArgument, "override '" + o + "': expected KEY=VALUE");
+    std::string key = o.substr(0, eq), val = o.substr(eq + 1);
+    const ConfigKey* k = find_key(key);
+    if (!k) return Error(Code::kInvalidArgument, "override: unknown key '" + key + "'" + suggest(key));
+    if (k->type == K::kStringList) {
+      values[key] = val;
+      continue;
+    }
+    MYCEL_ASSIGN_OR_RETURN(values[key], check_value(*k, val, "override"));
+  }
+  return build(std::move(values), "override");
+}
+
+Status validate(const RuntimeParams& p) {
+  std::map<std::string, std::string> v = {
+      {"codec.spec", p.codec},
+      {"protocol.period_s", std::to_string(p.period_s)},
+      {"protocol.jitter", std::to_string(p.jitter)},
+      {"protocol.fanout", std::to_string(p.fanout)},
+      {"train.lr", std::to_string(p.lr)},
+      {"train.local_steps", std::to_string(p.local_steps)},
+      {"protocol.merge", p.merge},
+  };
+  for (const auto& [key, val] : v) {
+    auto r = check_value(*find_key(key), val, "parameters");
+    if (!r) return r.status();
+  }
+  return Ok();
+}
+
+std::string describe_schema(bool markdown) {
+  std::ostringstream os;
+  if (markdown) {
+    os << "| key | type | default | live | meaning |\n|---|---|---|---|---|\n";
+    for (const auto& k : kSchema) {
+      os << "| `" << k.path << "` | " << expected_text(k) << " | `" << (k.def.empty() ? "\"\"" : k.def)
+         << "` | " << (k.live ? "yes" : "") << " | " << k.help << " |\n";
+    }
+    return os.str();
+  }
+  size_t w = 0;
+  for (const auto& k : kSchema) w = std::max(w, k.path.size());
+  for (const auto& k : kSchema) {
+    std::string d = k.def.empty() ? "\"\"" : std::string(k.def);
+    os << std::string(k.path) << std::string(w + 2 - k.path.size(), ' ') << d
+       << std::string(d.size() < 16 ? 16 - d.size() : 1, ' ') << (k.live ? "[live] " : "") << k.help
+       << "  (" << expected_text(k) << ")\n";
+  }
+  return os.str();
+}
+
+ParamStore::ParamStore(RuntimeParams initial)
+    : cur_(std::make_shared<const RuntimeParams>(std::move(initial))) {}
+
+Status ParamStore::replace(RuntimeParams next) {
+  MYCEL_CHECK(validate(next));
+  cur_.store(std::make_shared<const RuntimeParams>(std::move(next)));
+  version_.fetch_add(1);
+  return Ok();
+}
+
+}  // namespace mycel::runtime

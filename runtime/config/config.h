@@ -1,0 +1,116 @@
+// Experiment configuration: one YAML file describes an experiment (data, model, training,
+// protocol, codec, peers, duration, evaluation, outputs). Every key is declared once in a
+// schema table (name, type, default, range, meaning), which drives validation, defaults,
+// `mycel config --defaults` and docs/config.md (NCCL_PARAM / UCX config-table habit).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace mycel::runtime {
+
+enum class KeyType : uint8_t { kInt, kFloat, kBool, kString, kStringList };
+std::string_view key_type_name(KeyType t);
+
+struct ConfigKey {
+  std::string_view path;     // dotted: "train.lr"
+  KeyType type;
+  std::string_view def;      // default, as YAML text ("" for an empty string or list)
+  double min = 0, max = 0;   // numeric range (inclusive) when min < max
+  std::string_view choices;  // "a|b|c" for strings with a fixed set of values, else ""
+  bool live = false;         // part of the run-time parameter set (RuntimeParams)
+  std::string_view help;
+};
+
+const std::vector<ConfigKey>& config_schema();
+
+// The run-time parameter set: what an adaptive scheduler or an operator changes while a peer
+// runs. A peer reads it once per cycle through ParamStore; it is replaced atomically.
+struct RuntimeParams {
+  std::string codec = "int8";         // codec spec (kernels/codec.h parse_codec)
+  bool error_feedback = true;
+  double period_s = 1.0;              // gossip period
+  double jitter = 0.1;                // +- fraction of the period
+  int fanout = 1;                     // peers contacted per period
+  double lr = 0.05;                   // base learning rate
+  int local_steps = 1;                // local SGD steps after each merge / per period
+  std::string merge = "age";          // merge rule name (runtime merge-rule registry)
+};
+
+struct ExperimentConfig {
+  std::string name;
+  uint64_t seed = 1;
+  std::string device;                 // auto | cpu | cuda | cuda:N
+  struct Data {
+    std::string dataset, dir, partition;
+    uint64_t max_train = 0, max_test = 0;
+  } data;
+  std::string model;
+  struct Train {
+    int batch = 32;
+    double momentum = 0, weight_decay = 0;
+    std::string schedule;
+  } train;
+  struct Protocol {
+    std::string name, topology;
+    int view_size = 0, degree = 0;
+    bool partitioned = false;
+    int partitions = 1;
+    double client_fraction = 1;
+    int local_epochs = 1;
+    double peer_timeout_s = 0;
+  } protocol;
+  RuntimeParams params;
+  struct Peers {
+    int count = 0;
+    std::vector<std::string> addresses;
+    std::string transport, host;
+    int base_port = 0;
+  } peers;
+  double duration_s = 0;
+  uint64_t rounds = 0;
+  struct Eval {
+    double every_s = 0;
+    uint64_t max_test = 0;
+  } eval;
+  std::string output;
+
+  // Every key with its value as text, in schema order (for run folders and logs).
+  std::map<std::string, std::string> flat;
+};
+
+// Parses YAML text. Unknown keys, wrong types, out-of-range values and bad choices are errors
+// naming the key, the line and what is expected. `source` names the text in messages.
+Result<ExperimentConfig> parse_config(std::string_view yaml, std::string_view source = "<config>");
+Result<ExperimentConfig> load_config(const std::string& path);
+// Applies "key=value" overrides (the command line's --set) on top of a parsed config's values.
+Result<ExperimentConfig> apply_overrides(const ExperimentConfig& base,
+                                         const std::vector<std::string>& overrides);
+// Validates a parameter set against the schema's ranges (for replacements at run time).
+Status validate(const RuntimeParams& p);
+
+// Human-readable listing of every key, its default and meaning; `markdown` for docs/config.md.
+std::string describe_schema(bool markdown);
+
+// Atomic holder of the current RuntimeParams: readers take a snapshot per cycle, a writer
+// replaces the whole set; each replacement bumps the version.
+class ParamStore {
+ public:
+  explicit ParamStore(RuntimeParams initial);
+  std::shared_ptr<const RuntimeParams> get() const { return cur_.load(); }
+  uint64_t version() const { return version_.load(); }
+  Status replace(RuntimeParams next);  // rejected (and nothing changes) when invalid
+
+ private:
+  std::atomic<std::shared_ptr<const RuntimeParams>> cur_;
+  std::atomic<uint64_t> version_{1};
+};
+
+}  // namespace mycel::runtime

@@ -1,0 +1,156 @@
+#include "runtime/core/peer_sampling.h"
+
+#include <algorithm>
+
+namespace mycel::runtime {
+
+PeerSampling::PeerSampling(std::string self, size_t view_size, size_t shuffle_len, uint64_t seed,
+                           double retry_min_s, double retry_max_s)
+    : self_(std::move(self)),
+      capacity_(std::max<size_t>(1, view_size)),
+      shuffle_len_(std::clamp<size_t>(shuffle_len, 1, std::max<size_t>(1, view_size))),
+      retry_min_s_(retry_min_s),
+      retry_max_s_(std::max(retry_min_s, retry_max_s)),
+      rng_(seed) {}
+
+void PeerSampling::add_seed(const std::string& address, double now) {
+  if (address == self_ || address.empty()) return;
+  retry_.try_emplace(address, Retry{now, retry_min_s_});
+}
+
+void PeerSampling::insert_or_refresh(const Descriptor& d) {
+  if (d.address == self_ || d.address.empty()) return;
+  for (auto& v : view_) {
+    if (v.address == d.address) {
+      v.age = std::min(v.age, d.age);
+      return;
+    }
+  }
+  if (view_.size() < capacity_) view_.push_back(d);
+}
+
+std::vector<Descriptor> PeerSampling::random_subset(size_t k, const std::string& exclude) {
+  std::vector<Descriptor> pool;
+  for (const auto& d : view_)
+    if (d.address != exclude) pool.push_back(d);
+  std::shuffle(pool.begin(), pool.end(), rng_);
+  if (pool.size() > k) pool.resize(k);
+  return pool;
+}
+
+std::optional<ShuffleRequest> PeerSampling::start_shuffle() {
+  if (view_.empty()) return std::nullopt;
+  for (auto& d : view_) ++d.age;
+  auto oldest = std::max_element(view_.begin(), view_.end(),
+                                 [](const Descriptor& a, const Descriptor& b) { return a.age < b.age; });
+  ShuffleRequest req;
+  req.to = oldest->address;
+  view_.erase(oldest);  // it comes back only if it answers (or someone vouches for it)
+  req.entries = random_subset(shuffle_len_ - 1, req.to);
+  sent_[req.to] = req.entries;
+  req.entries.push_back(Descriptor{self_, 0});
+  return req;
+}
+
+std::vector<Descriptor> PeerSampling::on_shuffle_request(const std::string& from,
+                                                         const std::vector<Descriptor>& entries,
+                                                         double now) {
+  std::vector<Descriptor> reply = random_subset(shuffle_len_, from);
+  on_heard(from, now);
+  merge(entries, reply);
+  return reply;
+}
+
+void PeerSampling::on_shuffle_reply(const std::string& from, const std::vector<Descriptor>& entries,
+                                    double now) {
+  auto it = sent_.find(from);
+  std::vector<Descriptor> sent = it != sent_.end() ? it->second : std::vector<Descriptor>{};
+  if (it != sent_.end()) sent_.erase(it);
+  on_heard(from, now);
+  merge(entries, sent);
+}
+
+// Cyclon's merge: skip self and known entries (keeping the younger age), fill empty slots,
+// then replace entries we sent to the other side.
+void PeerSampling::merge(const std::vector<Descriptor>& received, const std::vector<Descriptor>& sent) {
+  std::vector<std::string> replaceable;
+  for (const auto& s : sent) replaceable.push_back(s.address);
+  for (const auto& d : received) {
+    if (d.address == self_ || d.address.empty() || retry_.count(d.address)) continue;
+    auto known = std::find_if(view_.begin(), view_.end(),
+                              [&](const Descriptor& v) { return v.address == d.address; });
+    if (known != view_.end()) {
+      known->age = std::min(known->age, d.age);
+      continue;
+    }
+    if (view_.size() < capacity_) {
+      view_.push_back(d);
+      continue;
+    }
+    while (!replaceable.empty()) {
+      std::string victim = replaceable.back();
+      replaceable.pop_back();
+      auto v = std::find_if(view_.begin(), view_.end(),
+                            [&](const Descriptor& x) { return x.address == victim; });
+      if (v != view_.end()) {
+        *v = d;
+        break;
+      }
+    }
+  }
+}
+
+void PeerSampling::on_heard(const std::string& from, double now) {
+  if (from == self_ || from.empty()) return;
+  retry_.erase(from);
+  auto known = std::find_if(view_.begin(), view_.end(),
+                            [&](const Descriptor& v) { return v.address == from; });
+  if (known != view_.end()) {
+    known->age = 0;
+    return;
+  }
+  if (view_.size() < capacity_) {
+    view_.push_back(Descriptor{from, 0});
+  } else {
+    // Replace the oldest entry: a peer we just heard from is the freshest evidence we have.
+    auto oldest = std::max_element(view_.begin(), view_.end(),
+                                   [](const Descriptor& a, const Descriptor& b) { return a.age < b.age; });
+    *oldest = Descriptor{from, 0};
+  }
+}
+
+void PeerSampling::on_peer_down(const std::string& address, double now) {
+  if (address == self_) return;
+  std::erase_if(view_, [&](const Descriptor& d) { return d.address == address; });
+  sent_.erase(address);
+  auto [it, fresh] = retry_.try_emplace(address, Retry{now + retry_min_s_, retry_min_s_});
+  (void)it;
+  (void)fresh;
+}
+
+std::vector<std::string> PeerSampling::due_retries(double now) {
+  std::vector<std::string> due;
+  std::uniform_real_distribution<double> jitter(0.75, 1.25);
+  for (auto& [addr, r] : retry_) {
+    if (r.next_s <= now) {
+      due.push_back(addr);
+      r.backoff_s = std::min(retry_max_s_, r.backoff_s * 2);
+      r.next_s = now + r.backoff_s * jitter(rng_);
+    }
+  }
+  return due;
+}
+
+std::optional<std::string> PeerSampling::random_peer() {
+  if (view_.empty()) return std::nullopt;
+  std::uniform_int_distribution<size_t> pick(0, view_.size() - 1);
+  return view_[pick(rng_)].address;
+}
+
+std::vector<std::string> PeerSampling::sample(size_t k) {
+  std::vector<std::string> out;
+  for (const auto& d : random_subset(k, "")) out.push_back(d.address);
+  return out;
+}
+
+}  // namespace mycel::runtime
