@@ -34,7 +34,7 @@ const std::vector<ConfigKey> kSchema = {
     {"train.momentum", K::kFloat, "0", 0, 0.999, "", false, "SGD momentum"},
     {"train.weight_decay", K::kFloat, "0", 0, 1, "", false, "L2 weight decay"},
     {"train.schedule", K::kString, "constant", 0, 0, "constant|step|cosine|age", false, "learning-rate schedule (age: eta / age, gossip learning)"},
-    {"train.local_steps", K::kInt, "1", 1, 100000, "", true, "local SGD steps after each merge (gossip) or per round (D-PSGD)"},
+    {"train.local_steps", K::kInt, "1", 0, 100000, "", true, "local SGD steps after each merge (gossip) or per round (D-PSGD)"},
     {"protocol.name", K::kString, "gossip", 0, 0, "gossip|push-pull|dpsgd|fedavg", false, "decentralized protocol, or fedavg (with a server) as the baseline"},
     {"protocol.period_s", K::kFloat, "1.0", 1e-3, 86400, "", true, "gossip period: a peer wakes and sends its model this often"},
     {"protocol.jitter", K::kFloat, "0.1", 0, 0.99, "", true, "period jitter, as a fraction of the period (uniform +-)"},

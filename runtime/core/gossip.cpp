@@ -1,0 +1,152 @@
+// Gossip learning (Ormándi, Hegedűs, Jelasity; Hegedűs, Danner, Jelasity, DAIS 2019): every
+// period (with jitter) a peer sends its model to `fanout` random live peers from its
+// peer-sampling view; a receiver merges with the rule's weight (age-weighted by default),
+// takes age = max, then takes local SGD steps whose learning rate may fall with age.
+// push-pull: the receiver also answers with its own model (sent before it merges), so both
+// ends move towards each other in one exchange.
+#include <algorithm>
+#include <cmath>
+
+#include "runtime/core/protocol.h"
+
+namespace mycel::runtime {
+namespace {
+
+class Gossip final : public Protocol {
+ public:
+  Gossip(bool push_pull, const ProtocolOptions& opt, const ParamStore* params)
+      : push_pull_(push_pull),
+        opt_(opt),
+        params_(params),
+        sampling_(opt.self, static_cast<size_t>(opt.view_size),
+                  std::max<size_t>(1, static_cast<size_t>(opt.view_size) / 2), opt.seed * 7919 + 1),
+        rng_(opt.seed) {}
+
+  std::string_view name() const override { return push_pull_ ? "push-pull" : "gossip"; }
+
+  void start(double now, std::vector<Action>& out) override {
+    for (const auto& s : opt_.seeds) sampling_.add_seed(s, now);
+    // First wake-up at a random phase of the period, so peers started together spread out.
+    auto p = params_->get();
+    std::uniform_real_distribution<double> phase(0, p->period_s);
+    next_wake_ = now + phase(rng_);
+    probe(now, out);
+    out.push_back(SetTimer{next_wake_});
+  }
+
+  void tick(double now, std::vector<Action>& out) override {
+    probe(now, out);
+    if (now + 1e-9 >= next_wake_) {
+      auto p = params_->get();  // one snapshot per cycle
+      if (auto req = sampling_.start_shuffle()) {
+        ++stats_.shuffles;
+        out.push_back(SendView{req->to, MsgKind::kShuffle, std::move(req->entries)});
+      }
+      auto targets = sampling_.sample(static_cast<size_t>(p->fanout));
+      if (targets.empty()) ++stats_.no_peer;
+      for (auto& t : targets) {
+        ++stats_.models_sent;
+        out.push_back(SendModel{std::move(t), MsgKind::kModel, age_});
+      }
+      std::uniform_real_distribution<double> j(-p->jitter, p->jitter);
+      next_wake_ = now + p->period_s * (1.0 + j(rng_));
+    }
+    out.push_back(SetTimer{std::min(next_wake_, next_probe_)});
+  }
+
+  void message(double now, const Message& msg, std::vector<Action>& out) override {
+    switch (msg.kind) {
+      case MsgKind::kShuffle: {
+        auto reply = sampling_.on_shuffle_request(msg.from, msg.entries, now);
+        out.push_back(SendView{msg.from, MsgKind::kShuffleReply, std::move(reply)});
+        return;
+      }
+      case MsgKind::kShuffleReply:
+        sampling_.on_shuffle_reply(msg.from, msg.entries, now);
+        return;
+      case MsgKind::kModel:
+      case MsgKind::kModelReply: {
+        sampling_.on_heard(msg.from, now);
+        ++stats_.models_received;
+        auto p = params_->get();
+        if (push_pull_ && msg.kind == MsgKind::kModel) {
+          ++stats_.models_sent;
+          out.push_back(SendModel{msg.from, MsgKind::kModelReply, age_});  // before merging
+        }
+        auto rule = rule_for(p->merge);
+        MergeInputs in{age_, msg.age, 0, 0};
+        float a = rule ? rule->weight(in) : 0.5f;
+        out.push_back(MergeModel{msg.from, a});
+        ++stats_.merges;
+        age_ = rule ? rule->merged_age(in) : std::max(age_, msg.age);
+        if (p->local_steps > 0) {
+          out.push_back(Train{p->local_steps, lr(*p)});
+          age_ += static_cast<uint64_t>(p->local_steps);
+          stats_.train_steps += static_cast<uint64_t>(p->local_steps);
+        }
+        return;
+      }
+    }
+  }
+
+  void peer_up(double now, const std::string& addr, std::vector<Action>&) override {
+    sampling_.on_heard(addr, now);
+  }
+  void peer_down(double now, const std::string& addr, std::vector<Action>&) override {
+    ++stats_.peers_down;
+    sampling_.on_peer_down(addr, now);
+  }
+
+  uint64_t age() const override { return age_; }
+  const ProtocolStats& stats() const override { return stats_; }
+  const PeerSampling* sampling() const override { return &sampling_; }
+
+ private:
+  // Peers on the retry list (seeds, peers that went down) get a shuffle request with our own
+  // descriptor: an answer brings them (back) into the view.
+  void probe(double now, std::vector<Action>& out) {
+    for (auto& addr : sampling_.due_retries(now))
+      out.push_back(SendView{addr, MsgKind::kShuffle, {Descriptor{opt_.self, 0}}});
+    next_probe_ = now + 0.5;
+  }
+
+  double lr(const RuntimeParams& p) const {
+    if (opt_.schedule == "age")
+      return p.lr / (1.0 + static_cast<double>(age_) / std::max(1.0, opt_.age_scale));
+    return p.lr;
+  }
+
+  const MergeRule* rule_for(const std::string& name) {
+    if (!rule_ || rule_->name() != name) {
+      auto r = make_merge_rule(name);
+      if (!r) return nullptr;  // validated when the parameters were set; defensive
+      rule_ = std::move(r).value();
+    }
+    return rule_.get();
+  }
+
+  bool push_pull_;
+  ProtocolOptions opt_;
+  const ParamStore* params_;
+  PeerSampling sampling_;
+  std::mt19937_64 rng_;
+  std::unique_ptr<MergeRule> rule_;
+  uint64_t age_ = 0;
+  double next_wake_ = 0, next_probe_ = 0;
+  ProtocolStats stats_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Protocol>> make_gossip_protocol(std::string_view name,
+                                                       const ProtocolOptions& opt,
+                                                       const ParamStore* params) {
+  if (!params) return Error(Code::kInvalidArgument, "gossip protocol needs a parameter store");
+  if (opt.self.empty()) return Error(Code::kInvalidArgument, "gossip protocol needs its own address");
+  if (name == "gossip") return std::unique_ptr<Protocol>(std::make_unique<Gossip>(false, opt, params));
+  if (name == "push-pull") return std::unique_ptr<Protocol>(std::make_unique<Gossip>(true, opt, params));
+  return Error(Code::kInvalidArgument, "unknown gossip protocol '" + std::string(name) +
+                                           "' (expected gossip or push-pull)");
+}
+
+}  // namespace mycel::runtime
