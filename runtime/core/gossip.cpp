@@ -38,6 +38,7 @@ class Gossip final : public Protocol {
     probe(now, out);
     if (now + 1e-9 >= next_wake_) {
       auto p = params_->get();  // one snapshot per cycle
+      ++stats_.wakeups;
       if (auto req = sampling_.start_shuffle()) {
         ++stats_.shuffles;
         out.push_back(SendView{req->to, MsgKind::kShuffle, std::move(req->entries)});
@@ -80,7 +81,7 @@ class Gossip final : public Protocol {
         ++stats_.merges;
         age_ = rule ? rule->merged_age(in) : std::max(age_, msg.age);
         if (p->local_steps > 0) {
-          out.push_back(Train{p->local_steps, lr(*p)});
+          out.push_back(Train{p->local_steps, p->lr, age_});
           age_ += static_cast<uint64_t>(p->local_steps);
           stats_.train_steps += static_cast<uint64_t>(p->local_steps);
         }
@@ -108,12 +109,6 @@ class Gossip final : public Protocol {
     for (auto& addr : sampling_.due_retries(now))
       out.push_back(SendView{addr, MsgKind::kShuffle, {Descriptor{opt_.self, 0}}});
     next_probe_ = now + 0.5;
-  }
-
-  double lr(const RuntimeParams& p) const {
-    if (opt_.schedule == "age")
-      return p.lr / (1.0 + static_cast<double>(age_) / std::max(1.0, opt_.age_scale));
-    return p.lr;
   }
 
   const MergeRule* rule_for(const std::string& name) {

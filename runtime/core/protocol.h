@@ -58,7 +58,8 @@ struct MergeModel {
 };
 struct Train {
   int steps = 0;
-  double lr = 0;
+  double lr = 0;     // base learning rate from the parameter set; the driver's schedule scales it
+  uint64_t age = 0;  // the model's age before these steps (for age-based schedules)
 };
 struct SetTimer {
   double at = 0;
@@ -67,6 +68,7 @@ using Action = std::variant<SendModel, SendView, MergeModel, Train, SetTimer>;
 
 // Counters every protocol keeps (the driver writes them to the peer's CSV).
 struct ProtocolStats {
+  uint64_t wakeups = 0;  // gossip periods elapsed
   uint64_t models_sent = 0, models_received = 0, merges = 0, train_steps = 0;
   uint64_t shuffles = 0, peers_down = 0, no_peer = 0;
 };
@@ -90,8 +92,6 @@ struct ProtocolOptions {
   std::vector<std::string> seeds;   // bootstrap addresses
   uint64_t seed = 1;                // random choices (peer selection, jitter)
   int view_size = 8;
-  std::string schedule = "constant";  // constant | age (eta / (1 + age / age_scale))
-  double age_scale = 100;           // with schedule "age": steps at which lr has halved
 };
 
 // gossip learning (push) or push-pull, chosen by name; parameters are read from `params` at

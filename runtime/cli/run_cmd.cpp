@@ -1,0 +1,135 @@
+// `mycel peer` (one peer, as on a Jetson or a Grid'5000 node) and `mycel run` (a local swarm).
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "common/log.h"
+#include "runtime/cli/commands.h"
+#include "runtime/cli/quickstart_yaml.h"
+#include "runtime/config/config.h"
+#include "runtime/driver/live_peer.h"
+#include "runtime/driver/swarm.h"
+
+namespace mycel::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+extern "C" void on_signal(int) { g_stop.store(true); }
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < s.size()) {
+    size_t c = s.find(',', start);
+    if (c == std::string::npos) c = s.size();
+    if (c > start) out.push_back(s.substr(start, c - start));
+    start = c + 1;
+  }
+  return out;
+}
+
+[[noreturn]] void fail(const char* cmd, const Status& s, int code = 2) {
+  std::fprintf(stderr, "mycel %s: %s\n", cmd, s.message().c_str());
+  throw CLI::RuntimeError(code);
+}
+
+}  // namespace
+
+void add_run_commands(CLI::App& app, Common& common) {
+  // ---- mycel peer ----
+  struct PeerOpts {
+    std::string config, listen, seeds, out;
+    int id = 0;
+    std::vector<std::string> sets;
+  };
+  auto po = std::make_shared<PeerOpts>();
+  auto* peer = app.add_subcommand("peer", "run one peer of an experiment (one per process / host)");
+  peer->add_option("--config", po->config, "experiment config (YAML)")->required();
+  peer->add_option("--id", po->id, "peer index: its data shard and sender id")->required();
+  peer->add_option("--listen", po->listen, "address to listen at, e.g. ucx://0.0.0.0:13337 "
+                                           "(default: peers.addresses[id])");
+  peer->add_option("--seeds", po->seeds, "bootstrap peers, comma separated (default: peers.addresses)");
+  peer->add_option("--out", po->out, "folder for peer-ID.csv / .json (default: the config's output)");
+  peer->add_option("--set", po->sets, "KEY=VALUE config overrides");
+  peer->callback([po, &common] {
+    auto cfg = runtime::load_config(po->config);
+    if (cfg && !po->sets.empty()) cfg = runtime::apply_overrides(*cfg, po->sets);
+    if (!cfg) fail("peer", cfg.status());
+    if (po->id < 0 || po->id >= cfg->peers.count)
+      fail("peer", Error(Code::kInvalidArgument, "--id " + std::to_string(po->id) + " is outside 0.." +
+                                                     std::to_string(cfg->peers.count - 1) + " (peers.count)"));
+    if (common.device != "auto") cfg->device = common.device;
+    runtime::PeerArgs a;
+    a.cfg = *cfg;
+    a.id = po->id;
+    a.listen = po->listen;
+    if (a.listen.empty()) {
+      if (cfg->peers.addresses.empty())
+        fail("peer", Error(Code::kInvalidArgument, "--listen is required when peers.addresses is empty"));
+      a.listen = cfg->peers.addresses[static_cast<size_t>(po->id)];
+    }
+    a.seeds = po->seeds.empty() ? cfg->peers.addresses : split(po->seeds);
+    a.out_dir = po->out.empty() ? cfg->output : po->out;
+    a.threads = common.threads;
+    install_stop_handlers();
+    Status s = runtime::run_peer(a, &g_stop);
+    if (!s.is_ok()) fail("peer", s);
+  });
+
+  // ---- mycel run ----
+  struct RunOpts {
+    std::string config;
+    std::vector<std::string> sets;
+    int threads_per_peer = 0;
+    std::string peer_log = "warn";
+  };
+  auto ro = std::make_shared<RunOpts>();
+  auto* run = app.add_subcommand("run", "run an experiment as a local swarm of peer processes "
+                                        "(no CONFIG: the embedded examples/quickstart.yaml)");
+  run->add_option("config", ro->config, "experiment config (YAML)");
+  run->add_option("--set", ro->sets, "KEY=VALUE config overrides, e.g. --set run.duration_s=60");
+  run->add_option("--peer-threads", ro->threads_per_peer, "CPU threads per peer (0: cores / peers)");
+  run->add_option("--peer-log-level", ro->peer_log, "log level of the peers (logs in the run folder)")
+      ->capture_default_str();
+  run->callback([ro, &common] {
+    std::string path = ro->config;
+    Result<runtime::ExperimentConfig> cfg = Error(Code::kInternal, "unset");
+    if (path.empty()) {
+      cfg = runtime::parse_config(kQuickstartYaml, "examples/quickstart.yaml (embedded)");
+    } else {
+      cfg = runtime::load_config(path);
+    }
+    if (cfg && !ro->sets.empty()) cfg = runtime::apply_overrides(*cfg, ro->sets);
+    if (!cfg) fail("run", cfg.status());
+    if (path.empty()) {  // the peers read the embedded default from a file in the output folder
+      std::filesystem::create_directories(cfg->output);
+      path = cfg->output + "/quickstart.yaml";
+      std::ofstream(path) << kQuickstartYaml;
+    }
+    runtime::SwarmOptions so;
+    so.config_path = path;
+    so.overrides = ro->sets;
+    if (common.device != "auto") so.overrides.push_back("device=" + common.device);
+    so.cfg = *cfg;
+    so.threads_per_peer = ro->threads_per_peer;
+    so.log_level = ro->peer_log;
+    install_stop_handlers();
+    auto sum = runtime::run_swarm(so, &g_stop);
+    if (!sum) fail("run", sum.status(), 1);
+    std::printf("%s", runtime::format_summary(*sum).c_str());
+  });
+}
+
+}  // namespace mycel::cli

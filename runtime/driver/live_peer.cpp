@@ -1,0 +1,471 @@
+#include "runtime/driver/live_peer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <mutex>
+
+#include "common/log.h"
+#include "kernels/codec.h"
+#include "kernels/device.h"
+#include "models/data/dataset.h"
+#include "models/data/partition.h"
+#include "models/model.h"
+#include "models/optim.h"
+#include "models/trainer.h"
+#include "runtime/core/protocol.h"
+#include "runtime/driver/view_codec.h"
+#include "runtime/driver/worker.h"
+#include "transport/frame.h"
+#include "transport/transport.h"
+
+namespace mycel::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace tp = mycel::transport;
+
+// Counters shared by the loop and the worker.
+struct Metrics {
+  std::atomic<uint64_t> bytes_sent{0}, bytes_received{0}, frames_sent{0}, frames_received{0};
+  std::atomic<uint64_t> model_bytes_sent{0}, fp32_bytes_equivalent{0}, models_sent{0};
+  std::atomic<uint64_t> merges{0}, train_steps{0}, rejected_frames{0}, rejected_payloads{0};
+  std::atomic<uint64_t> dropped_sends{0}, send_failures{0};
+  std::mutex mu;
+  std::map<std::string, uint64_t> bytes_by_codec;  // model bytes sent per codec
+};
+
+class LivePeer {
+ public:
+  explicit LivePeer(const PeerArgs& a) : args_(a), cfg_(a.cfg), params_(a.cfg.params) {}
+
+  Status setup();
+  Status run(const std::atomic<bool>* stop);
+
+ private:
+  double now() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
+  void handle(std::vector<Action>& acts, std::vector<uint8_t>* frame_bytes);
+  void on_frame(tp::Frame&& f);
+  void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries);
+  void send_bytes(const std::string& to, std::vector<uint8_t> bytes);
+  void flush_outbox();
+  void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age);
+  void evaluate(double t);
+  Status write_summary(double t);
+
+  PeerArgs args_;
+  ExperimentConfig cfg_;
+  ParamStore params_;
+  std::shared_ptr<Device> dev_;
+  data::Dataset shard_;
+  std::unique_ptr<models::Model> model_;
+  std::unique_ptr<models::Trainer> trainer_;
+  models::DeviceData test_;
+  models::LrSchedule sched_;
+  std::unique_ptr<tp::Transport> tr_;
+  std::unique_ptr<tp::FrameDecoder> decoder_;
+  std::unique_ptr<Protocol> proto_;
+  std::unique_ptr<CodecContext> enc_, dec_;
+  Buffer<float> residual_;
+  std::string residual_codec_;
+  Metrics m_;
+  std::mutex out_mu_;
+  std::deque<std::pair<std::string, std::vector<uint8_t>>> outbox_;
+  uint64_t seq_ = 0;                      // loop thread: frame sequence numbers
+  std::atomic<uint64_t> encodes_{0};      // worker: randk seeds
+  Clock::time_point t0_ = Clock::now();
+  FILE* csv_ = nullptr;
+  std::atomic<double> last_acc_{0}, last_loss_{0};
+  std::atomic<uint64_t> age_seen_{0};
+  Worker worker_;  // last: destroyed (joined) first, while everything its tasks use still exists
+};
+
+Status LivePeer::setup() {
+  MYCEL_ASSIGN_OR_RETURN(dev_, make_device(cfg_.device, args_.threads));
+  // Data: this peer's shard of the training set, and a test subset for evaluation.
+  data::LoadOptions lo;
+  lo.dir = cfg_.data.dir;
+  lo.seed = cfg_.seed;
+  lo.max_train = cfg_.data.max_train;
+  lo.max_test = cfg_.eval.max_test ? cfg_.eval.max_test : cfg_.data.max_test;
+  MYCEL_ASSIGN_OR_RETURN(auto split, data::load(cfg_.data.dataset, lo));
+  MYCEL_ASSIGN_OR_RETURN(auto pspec, data::parse_partition_spec(cfg_.data.partition));
+  MYCEL_ASSIGN_OR_RETURN(auto part, data::partition(split.train.y, split.train.classes,
+                                                    static_cast<size_t>(cfg_.peers.count), pspec, cfg_.seed));
+  MYCEL_ASSIGN_OR_RETURN(shard_, data::peer_dataset(split.train, part, static_cast<size_t>(args_.id)));
+  if (shard_.n == 0) return Error(Code::kInvalidArgument, "peer " + std::to_string(args_.id) + " got no training samples");
+
+  // Model: every peer starts from the same initialisation (seeded), as in the papers.
+  MYCEL_ASSIGN_OR_RETURN(model_, models::make_model(*dev_, cfg_.model, models::input_shape(split.train), cfg_.seed));
+  MYCEL_ASSIGN_OR_RETURN(sched_, models::parse_schedule(cfg_.train.schedule, static_cast<float>(cfg_.params.lr), 1,
+                                                         static_cast<float>(cfg_.train.weight_decay)));
+  models::TrainConfig tc;
+  tc.batch = cfg_.train.batch;
+  tc.lr = static_cast<float>(cfg_.params.lr);
+  tc.momentum = static_cast<float>(cfg_.train.momentum);
+  tc.weight_decay = static_cast<float>(cfg_.train.weight_decay);
+  tc.schedule = sched_;
+  tc.seed = cfg_.seed * 1000003 + static_cast<uint64_t>(args_.id);
+  MYCEL_ASSIGN_OR_RETURN(trainer_, models::Trainer::create(*model_, shard_, tc));
+  MYCEL_ASSIGN_OR_RETURN(test_, models::DeviceData::upload(*dev_, split.test));
+
+  enc_ = std::make_unique<CodecContext>(*dev_);
+  dec_ = std::make_unique<CodecContext>(*dev_);
+  MYCEL_ASSIGN_OR_RETURN(residual_, Buffer<float>::make(*dev_, model_->num_params()));
+  MYCEL_CHECK(dev_->memset(residual_.data(), 0, residual_.bytes()));
+
+  tp::Options to;
+  to.max_frame_bytes = max_payload_bytes(CodecSpec{}, model_->num_params()) + (size_t(1) << 20);
+  MYCEL_ASSIGN_OR_RETURN(tr_, tp::make_transport(args_.listen, to));
+  tp::FrameLimits fl;
+  fl.max_params = model_->num_params();
+  fl.max_payload_bytes = to.max_frame_bytes;
+  decoder_ = std::make_unique<tp::FrameDecoder>(fl);
+
+  ProtocolOptions po;
+  po.self = tr_->local_address();
+  po.seeds = args_.seeds;
+  po.seed = cfg_.seed * 7777 + static_cast<uint64_t>(args_.id);
+  po.view_size = cfg_.protocol.view_size;
+  MYCEL_ASSIGN_OR_RETURN(proto_, make_gossip_protocol(cfg_.protocol.name, po, &params_));
+
+  if (!args_.out_dir.empty()) {
+    std::filesystem::create_directories(args_.out_dir);
+    std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".csv";
+    csv_ = std::fopen(path.c_str(), "w");
+    if (!csv_) return Error(Code::kIo, "cannot write " + path);
+    std::fprintf(csv_, "time_s,age,test_accuracy,test_loss,bytes_sent,bytes_received,frames_sent,"
+                       "frames_received,model_bytes_sent,fp32_bytes_equivalent,merges,train_steps,codec\n");
+    std::fflush(csv_);
+  }
+  MYCEL_LOG_INFO("runtime", "peer {} at {}: {} samples, model {} ({} params), protocol {}, codec {}",
+                 args_.id, po.self, shard_.n, cfg_.model, model_->num_params(), cfg_.protocol.name,
+                 cfg_.params.codec);
+  return Ok();
+}
+
+void LivePeer::send_bytes(const std::string& to, std::vector<uint8_t> bytes) {
+  size_t n = bytes.size();
+  uint64_t token = 0;
+  Status s = tr_->send(to, std::move(bytes), &token);
+  if (s.is_ok()) {
+    m_.bytes_sent += n;
+    ++m_.frames_sent;
+  } else if (s.code() == Code::kNoResource) {
+    ++m_.dropped_sends;  // back-pressure: this exchange is skipped, the next period tries again
+  } else {
+    ++m_.send_failures;
+    std::vector<Action> acts;
+    proto_->peer_down(now(), to, acts);
+    handle(acts, nullptr);
+  }
+}
+
+void LivePeer::send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries) {
+  tp::FrameHeader h;
+  h.type = tp::MessageType::kView;
+  h.flags = kind == MsgKind::kShuffleReply ? tp::kFlagReply : 0;
+  h.sender_id = static_cast<uint64_t>(args_.id);
+  h.seq = ++seq_;
+  auto frame = tp::encode_frame(h, serialize_view(entries));
+  if (!frame) {
+    MYCEL_LOG_WARN("runtime", "cannot frame a view: {}", frame.status().to_string());
+    return;
+  }
+  send_bytes(to, std::move(frame).value());
+}
+
+// Runs on the worker: encodes the model as it is now and queues the frame for the loop.
+void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t age) {
+  auto p = params_.get();
+  auto spec = parse_codec(p->codec);
+  if (!spec) return;
+  float* residual = nullptr;
+  if (p->error_feedback && codec_is_lossy(spec->id)) {
+    if (residual_codec_ != p->codec) {  // a new codec starts with a clean residual
+      (void)dev_->memset(residual_.data(), 0, residual_.bytes());
+      residual_codec_ = p->codec;
+    }
+    residual = residual_.data();
+  }
+  std::vector<uint8_t> payload;
+  auto hdr = enc_->encode(*spec, model_->params().data(), model_->num_params(), residual,
+                          (static_cast<uint64_t>(args_.id) << 40) ^ ++encodes_,
+                          &payload);
+  if (!hdr) {
+    MYCEL_LOG_WARN("runtime", "not sending the model: {}", hdr.status().to_string());
+    return;
+  }
+  tp::FrameHeader h;
+  h.type = tp::MessageType::kModel;
+  h.flags = kind == MsgKind::kModelReply ? tp::kFlagReply : 0;
+  h.sender_id = static_cast<uint64_t>(args_.id);
+  h.model_age = age;
+  h.model_version = m_.merges.load();
+  h.codec = static_cast<uint8_t>(spec->id);
+  h.param_count = model_->num_params();
+  auto frame = tp::encode_frame(h, payload);
+  if (!frame) return;
+  m_.model_bytes_sent += frame->size();
+  m_.fp32_bytes_equivalent += tp::kFrameHeaderBytes + kPayloadHeaderBytes + 4 * model_->num_params();
+  ++m_.models_sent;
+  {
+    std::lock_guard lk(m_.mu);
+    m_.bytes_by_codec[p->codec] += frame->size();
+  }
+  std::lock_guard lk(out_mu_);
+  outbox_.emplace_back(to, std::move(frame).value());
+}
+
+void LivePeer::flush_outbox() {
+  std::deque<std::pair<std::string, std::vector<uint8_t>>> out;
+  {
+    std::lock_guard lk(out_mu_);
+    out.swap(outbox_);
+  }
+  for (auto& [to, bytes] : out) send_bytes(to, std::move(bytes));
+}
+
+// Carries out the core's actions. frame_bytes: the frame being handled (for MergeModel).
+void LivePeer::handle(std::vector<Action>& acts, std::vector<uint8_t>* frame_bytes) {
+  for (auto& a : acts) {
+    if (auto* s = std::get_if<SendModel>(&a)) {
+      std::string to = s->to;
+      MsgKind kind = s->kind;
+      uint64_t age = s->age;
+      worker_.post([this, to, kind, age] { encode_and_queue(to, kind, age); });
+    } else if (auto* v = std::get_if<SendView>(&a)) {
+      send_view(v->to, v->kind, v->entries);
+    } else if (auto* mg = std::get_if<MergeModel>(&a)) {
+      if (!frame_bytes) continue;
+      float w = mg->weight;
+      auto bytes = std::make_shared<std::vector<uint8_t>>(std::move(*frame_bytes));
+      std::string from = mg->from;
+      worker_.post([this, bytes, w, from] {
+        std::span<const uint8_t> payload(bytes->data() + tp::kFrameHeaderBytes,
+                                         bytes->size() - tp::kFrameHeaderBytes);
+        Status s = dec_->decode_merge(payload, model_->params().data(), model_->num_params(), w);
+        if (s.is_ok()) {
+          ++m_.merges;
+        } else {
+          ++m_.rejected_payloads;
+          MYCEL_LOG_WARN("runtime", "model from {} rejected, local model unchanged: {}", from, s.to_string());
+        }
+      });
+    } else if (auto* t = std::get_if<Train>(&a)) {
+      int steps = t->steps;
+      uint64_t age = t->age;
+      float base = static_cast<float>(t->lr);
+      worker_.post([this, steps, age, base] {
+        models::LrSchedule s = sched_;
+        s.base = base;
+        float lr = s.lr(models::ScheduleClock{0, 0, std::max<uint64_t>(1, age + 1)});
+        Status st = trainer_->train_steps(static_cast<size_t>(steps), lr, std::max<uint64_t>(1, age + 1));
+        if (st.is_ok()) m_.train_steps += static_cast<uint64_t>(steps);
+        else MYCEL_LOG_WARN("runtime", "training failed: {}", st.to_string());
+      });
+    } else if (std::get_if<SetTimer>(&a)) {
+      // The loop asks the core at every wake-up; the earliest timer is kept there.
+    }
+  }
+}
+
+void LivePeer::on_frame(tp::Frame&& f) {
+  ++m_.frames_received;
+  m_.bytes_received += f.bytes.size();
+  tp::FrameError fe;
+  auto view = decoder_->decode(f.from, f.bytes, &fe);
+  if (!view) {
+    ++m_.rejected_frames;
+    if (tp::frame_fate(fe) == tp::FrameFate::kClose) tr_->disconnect(f.from);
+    return;
+  }
+  const auto& h = view->header;
+  Message msg;
+  msg.from = f.from;
+  std::vector<Action> acts;
+  switch (h.type) {
+    case tp::MessageType::kView: {
+      auto entries = parse_view(view->payload);
+      if (!entries) {
+        ++m_.rejected_frames;
+        MYCEL_LOG_DEBUG("runtime", "bad view from {}: {}", f.from, entries.status().to_string());
+        return;
+      }
+      msg.kind = (h.flags & tp::kFlagReply) ? MsgKind::kShuffleReply : MsgKind::kShuffle;
+      msg.entries = std::move(entries).value();
+      proto_->message(now(), msg, acts);
+      handle(acts, nullptr);
+      return;
+    }
+    case tp::MessageType::kModel: {
+      if (h.param_count != model_->num_params()) {
+        ++m_.rejected_payloads;
+        MYCEL_LOG_WARN("runtime", "model from {} has {} parameters, ours {}: dropped", f.from, h.param_count,
+                       model_->num_params());
+        return;
+      }
+      auto ph = read_header(view->payload.data(), view->payload.size(), model_->num_params());
+      if (!ph) {
+        ++m_.rejected_payloads;
+        MYCEL_LOG_WARN("runtime", "model from {} has a bad payload: {}", f.from, ph.status().to_string());
+        return;
+      }
+      msg.kind = (h.flags & tp::kFlagReply) ? MsgKind::kModelReply : MsgKind::kModel;
+      msg.age = h.model_age;
+      proto_->message(now(), msg, acts);
+      handle(acts, &f.bytes);
+      return;
+    }
+    default:
+      MYCEL_LOG_DEBUG("runtime", "ignoring a {} frame from {}", tp::message_type_name(h.type), f.from);
+      return;
+  }
+}
+
+// Runs on the worker.
+void LivePeer::evaluate(double t) {
+  auto e = trainer_->evaluate(test_);
+  if (!e) {
+    MYCEL_LOG_WARN("runtime", "evaluation failed: {}", e.status().to_string());
+    return;
+  }
+  last_acc_ = e->accuracy;
+  last_loss_ = e->loss;
+  if (csv_) {
+    std::fprintf(csv_, "%.3f,%llu,%.6f,%.6f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%s\n", t,
+                 static_cast<unsigned long long>(age_seen_.load()), e->accuracy, e->loss,
+                 static_cast<unsigned long long>(m_.bytes_sent.load()),
+                 static_cast<unsigned long long>(m_.bytes_received.load()),
+                 static_cast<unsigned long long>(m_.frames_sent.load()),
+                 static_cast<unsigned long long>(m_.frames_received.load()),
+                 static_cast<unsigned long long>(m_.model_bytes_sent.load()),
+                 static_cast<unsigned long long>(m_.fp32_bytes_equivalent.load()),
+                 static_cast<unsigned long long>(m_.merges.load()),
+                 static_cast<unsigned long long>(m_.train_steps.load()), params_.get()->codec.c_str());
+    std::fflush(csv_);
+  }
+}
+
+Status LivePeer::write_summary(double t) {
+  if (args_.out_dir.empty()) return Ok();
+  std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".json";
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) return Error(Code::kIo, "cannot write " + path);
+  std::string codecs;
+  {
+    std::lock_guard lk(m_.mu);
+    for (const auto& [c, b] : m_.bytes_by_codec)
+      codecs += (codecs.empty() ? "" : ",") + std::string("\"") + c + "\":" + std::to_string(b);
+  }
+  const auto& ps = proto_->stats();
+  std::fprintf(f,
+               "{\"peer\":%d,\"address\":\"%s\",\"seconds\":%.3f,\"age\":%llu,\"test_accuracy\":%.6f,"
+               "\"test_loss\":%.6f,\"samples\":%zu,\"bytes_sent\":%llu,\"bytes_received\":%llu,"
+               "\"frames_sent\":%llu,\"frames_received\":%llu,\"model_bytes_sent\":%llu,"
+               "\"fp32_bytes_equivalent\":%llu,\"models_sent\":%llu,\"merges\":%llu,\"train_steps\":%llu,"
+               "\"rejected_frames\":%llu,\"rejected_payloads\":%llu,\"dropped_sends\":%llu,"
+               "\"send_failures\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s}}\n",
+               args_.id, tr_->local_address().c_str(), t, static_cast<unsigned long long>(proto_->age()),
+               last_acc_.load(), last_loss_.load(), shard_.n,
+               static_cast<unsigned long long>(m_.bytes_sent.load()),
+               static_cast<unsigned long long>(m_.bytes_received.load()),
+               static_cast<unsigned long long>(m_.frames_sent.load()),
+               static_cast<unsigned long long>(m_.frames_received.load()),
+               static_cast<unsigned long long>(m_.model_bytes_sent.load()),
+               static_cast<unsigned long long>(m_.fp32_bytes_equivalent.load()),
+               static_cast<unsigned long long>(m_.models_sent.load()),
+               static_cast<unsigned long long>(m_.merges.load()),
+               static_cast<unsigned long long>(m_.train_steps.load()),
+               static_cast<unsigned long long>(m_.rejected_frames.load()),
+               static_cast<unsigned long long>(m_.rejected_payloads.load()),
+               static_cast<unsigned long long>(m_.dropped_sends.load()),
+               static_cast<unsigned long long>(m_.send_failures.load()),
+               static_cast<unsigned long long>(ps.wakeups), static_cast<unsigned long long>(ps.peers_down),
+               codecs.c_str());
+  std::fclose(f);
+  return Ok();
+}
+
+Status LivePeer::run(const std::atomic<bool>* stop) {
+  t0_ = Clock::now();
+  std::vector<Action> acts;
+  proto_->start(0, acts);
+  handle(acts, nullptr);
+  double next_tick = 0;
+  for (auto& a : acts)
+    if (auto* t = std::get_if<SetTimer>(&a)) next_tick = t->at;
+  double next_eval = 0;
+  const double duration = cfg_.duration_s;
+  for (;;) {
+    double t = now();
+    if ((stop && stop->load()) || (duration > 0 && t >= duration) ||
+        (cfg_.rounds > 0 && proto_->stats().wakeups >= cfg_.rounds))
+      break;
+    if (t >= next_eval) {
+      age_seen_ = proto_->age();
+      worker_.post([this, t] { evaluate(t); });
+      next_eval = t + cfg_.eval.every_s;
+    }
+    if (t >= next_tick) {
+      acts.clear();
+      proto_->tick(t, acts);
+      handle(acts, nullptr);
+      next_tick = t + 1.0;
+      for (auto& a : acts)
+        if (auto* tm = std::get_if<SetTimer>(&a)) next_tick = tm->at;
+    }
+    flush_outbox();
+    double wait = std::min({next_tick, next_eval, duration > 0 ? duration : 1e18}) - now();
+    if (worker_.pending() > 0) wait = std::min(wait, 0.002);  // an encode may queue a send
+    wait = std::clamp(wait, 0.0, 0.25);
+    for (auto& e : tr_->poll(wait)) {
+      std::vector<Action> a2;
+      switch (e.kind) {
+        case tp::EventKind::kFrame:
+          on_frame(std::move(e.frame));
+          break;
+        case tp::EventKind::kPeerUp:
+          proto_->peer_up(now(), e.peer, a2);
+          break;
+        case tp::EventKind::kPeerDown:
+        case tp::EventKind::kSendFailed:
+          if (e.kind == tp::EventKind::kSendFailed) ++m_.send_failures;
+          proto_->peer_down(now(), e.peer, a2);
+          break;
+        default:
+          break;
+      }
+      handle(a2, nullptr);
+    }
+  }
+  worker_.drain();
+  flush_outbox();
+  double t_end = now();
+  age_seen_ = proto_->age();
+  worker_.post([this, t_end] { evaluate(t_end); });
+  worker_.drain();
+  MYCEL_CHECK(write_summary(t_end));
+  MYCEL_LOG_INFO("runtime", "peer {} done after {:.1f}s: test accuracy {:.4f}, {} merges, {} bytes sent", args_.id,
+                 t_end, last_acc_.load(), m_.merges.load(), m_.bytes_sent.load());
+  // Let in-flight sends finish briefly, then close.
+  auto until = Clock::now() + std::chrono::milliseconds(200);
+  while (Clock::now() < until) tr_->poll(0.05);
+  tr_->close();
+  if (csv_) std::fclose(csv_);
+  return Ok();
+}
+
+}  // namespace
+
+Status run_peer(const PeerArgs& args, const std::atomic<bool>* stop) {
+  LivePeer peer(args);
+  MYCEL_CHECK(peer.setup());
+  return peer.run(stop);
+}
+
+}  // namespace mycel::runtime

@@ -1,0 +1,302 @@
+#include "runtime/driver/swarm.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "common/log.h"
+
+namespace mycel::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Ports for n peers: the OS picks free ones; the sockets stay bound until all are chosen so
+// no port is handed out twice.
+Result<std::vector<int>> pick_ports(const std::string& host, int n, int base) {
+  std::vector<int> ports;
+  if (base > 0) {
+    for (int i = 0; i < n; ++i) ports.push_back(base + i);
+    if (ports.back() > 65535) return Error(Code::kInvalidArgument, "peers.base_port + peers.count exceeds 65535");
+    return ports;
+  }
+  std::vector<int> fds;
+  Status err;
+  for (int i = 0; i < n && err.is_ok(); ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = 0;
+    if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) {
+      err = Error(Code::kInvalidArgument, "peers.host '" + host + "' is not an IPv4 address");
+    } else if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      err = Error(Code::kIo, std::string("cannot bind a port on ") + host + ": " + std::strerror(errno));
+    } else {
+      socklen_t len = sizeof a;
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+      ports.push_back(ntohs(a.sin_port));
+    }
+    if (fd >= 0) fds.push_back(fd);
+  }
+  for (int fd : fds) close(fd);
+  if (!err.is_ok()) return err;
+  return ports;
+}
+
+std::string last_line(const std::string& path) {
+  std::ifstream f(path);
+  std::string line, last;
+  while (std::getline(f, line))
+    if (!line.empty()) last = line;
+  return last;
+}
+
+// One value of a flat JSON object written by the peer (numbers only).
+double json_number(const std::string& text, const std::string& key, double def = 0) {
+  auto pos = text.find("\"" + key + "\":");
+  if (pos == std::string::npos) return def;
+  return std::strtod(text.c_str() + pos + key.size() + 3, nullptr);
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) {
+    b /= 1000;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", b, units[u]);
+  return buf;
+}
+
+struct Child {
+  pid_t pid = -1;
+  bool running = false;
+  int status = 0;
+};
+
+}  // namespace
+
+Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>* stop) {
+  const auto& cfg = opt.cfg;
+  if (cfg.peers.transport != "ucx")
+    return Error(Code::kInvalidArgument, "mycel run starts one process per peer, which needs peers.transport: ucx "
+                                         "(inproc connects peers of one process only)");
+  if (!cfg.peers.addresses.empty())
+    return Error(Code::kInvalidArgument, "peers.addresses is for deployments (mycel peer on each host); "
+                                         "mycel run starts local peers on peers.host");
+  const int n = cfg.peers.count;
+  MYCEL_ASSIGN_OR_RETURN(auto ports, pick_ports(cfg.peers.host, n, cfg.peers.base_port));
+
+  char stamp[32];
+  std::time_t now_t = std::time(nullptr);
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now_t));
+  SwarmSummary sum;
+  sum.peers = n;
+  sum.run_dir = cfg.output + "/" + cfg.name + "-" + stamp;
+  std::error_code ec;
+  fs::create_directories(sum.run_dir, ec);
+  if (ec) return Error(Code::kIo, "cannot create " + sum.run_dir + ": " + ec.message());
+  {
+    std::ofstream resolved(sum.run_dir + "/config.resolved.txt");
+    for (const auto& [k, v] : cfg.flat) resolved << k << ": " << v << "\n";
+  }
+
+  std::vector<std::string> addrs;
+  for (int p : ports) addrs.push_back("ucx://" + cfg.peers.host + ":" + std::to_string(p));
+  std::string seeds;
+  for (int i = 0; i < std::min(n, 3); ++i) seeds += (i ? "," : "") + addrs[i];
+  int threads = opt.threads_per_peer > 0
+                    ? opt.threads_per_peer
+                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
+  std::string exe = opt.exe.empty() ? "/proc/self/exe" : opt.exe;
+
+  std::vector<Child> kids(n);
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::string> args = {exe, "--log-level", opt.log_level, "--threads", std::to_string(threads),
+                                     "peer", "--config", opt.config_path, "--id", std::to_string(i),
+                                     "--listen", addrs[i], "--seeds", seeds, "--out", sum.run_dir};
+    for (const auto& o : opt.overrides) {
+      args.push_back("--set");
+      args.push_back(o);
+    }
+    std::string log = sum.run_dir + "/peer-" + std::to_string(i) + ".log";
+    pid_t pid = fork();
+    if (pid < 0) return Error(Code::kIo, std::string("fork failed: ") + std::strerror(errno));
+    if (pid == 0) {
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+      }
+      setenv("OPENBLAS_NUM_THREADS", std::to_string(threads).c_str(), 1);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      std::fprintf(stderr, "exec %s failed: %s\n", argv[0], std::strerror(errno));
+      _exit(127);
+    }
+    kids[i] = Child{pid, true, 0};
+  }
+  std::fprintf(stderr, "mycel run: %d peers (%s, %s, %s) -> %s\n", n, cfg.protocol.name.c_str(), cfg.model.c_str(),
+               cfg.params.codec.c_str(), sum.run_dir.c_str());
+
+  const bool tty = isatty(2);
+  auto t0 = Clock::now();
+  double last_print = -1e9, last_merges_t = 0;
+  uint64_t last_merges = 0;
+  bool stopping = false;
+  Clock::time_point stop_at;
+  int running = n;
+  while (running > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    double el = std::chrono::duration<double>(Clock::now() - t0).count();
+    // Reap.
+    for (int i = 0; i < n; ++i) {
+      if (!kids[i].running) continue;
+      int st = 0;
+      pid_t r = waitpid(kids[i].pid, &st, WNOHANG);
+      if (r == kids[i].pid) {
+        kids[i].running = false;
+        kids[i].status = st;
+        --running;
+        bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        if (!ok) {
+          ++sum.crashed;
+          std::string why = WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st))
+                                            : "exit code " + std::to_string(WEXITSTATUS(st));
+          std::fprintf(stderr, "%speer %d stopped (%s); see %s/peer-%d.log; the others go on\n", tty ? "\n" : "",
+                       i, why.c_str(), sum.run_dir.c_str(), i);
+        } else {
+          ++sum.finished;
+        }
+      }
+    }
+    // Ctrl-C: every peer stops cleanly (SIGTERM), stragglers are killed after 15 s.
+    if (stop && stop->load() && !stopping) {
+      stopping = true;
+      stop_at = Clock::now();
+      for (auto& k : kids)
+        if (k.running) kill(k.pid, SIGTERM);
+      std::fprintf(stderr, "\nmycel run: stopping %d peers\n", running);
+    }
+    if (stopping && Clock::now() - stop_at > std::chrono::seconds(15)) {
+      for (auto& k : kids)
+        if (k.running) kill(k.pid, SIGKILL);
+    }
+    // Progress from the peers' CSVs.
+    if (el - last_print >= (tty ? 1.0 : 10.0)) {
+      last_print = el;
+      double lo = 1, hi = 0, tot = 0;
+      int cnt = 0;
+      uint64_t bytes = 0, merges = 0;
+      for (int i = 0; i < n; ++i) {
+        std::string l = last_line(sum.run_dir + "/peer-" + std::to_string(i) + ".csv");
+        if (l.empty() || l[0] == 't') continue;
+        std::vector<std::string> f;
+        std::stringstream ss(l);
+        std::string x;
+        while (std::getline(ss, x, ',')) f.push_back(x);
+        if (f.size() < 12) continue;
+        double acc = std::atof(f[2].c_str());
+        lo = std::min(lo, acc);
+        hi = std::max(hi, acc);
+        tot += acc;
+        ++cnt;
+        bytes += std::strtoull(f[4].c_str(), nullptr, 10);
+        merges += std::strtoull(f[10].c_str(), nullptr, 10);
+      }
+      double mps = el > last_merges_t ? (merges - std::min(merges, last_merges)) / (el - last_merges_t) : 0;
+      last_merges = merges;
+      last_merges_t = el;
+      if (cnt > 0)
+        std::fprintf(stderr, "%s[%6.1fs] peers %d/%d  acc mean %.4f min %.4f max %.4f  sent %s  merges/s %.1f%s",
+                     tty ? "\r" : "", el, running, n, tot / cnt, lo, hi, human_bytes(bytes).c_str(), mps,
+                     tty ? "   " : "\n");
+      else
+        std::fprintf(stderr, "%s[%6.1fs] peers %d/%d starting...%s", tty ? "\r" : "", el, running, n, tty ? "" : "\n");
+    }
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  // Summary from the peers' final JSON lines.
+  std::vector<double> accs;
+  std::ostringstream peers_json;
+  for (int i = 0; i < n; ++i) {
+    std::string j = last_line(sum.run_dir + "/peer-" + std::to_string(i) + ".json");
+    if (j.empty()) continue;
+    accs.push_back(json_number(j, "test_accuracy"));
+    sum.bytes_sent += static_cast<uint64_t>(json_number(j, "bytes_sent"));
+    sum.model_bytes_sent += static_cast<uint64_t>(json_number(j, "model_bytes_sent"));
+    sum.fp32_bytes_equivalent += static_cast<uint64_t>(json_number(j, "fp32_bytes_equivalent"));
+    sum.merges += static_cast<uint64_t>(json_number(j, "merges"));
+    peers_json << (peers_json.tellp() > 0 ? "," : "") << j;
+  }
+  if (!accs.empty()) {
+    sum.acc_min = *std::min_element(accs.begin(), accs.end());
+    sum.acc_max = *std::max_element(accs.begin(), accs.end());
+    double t = 0;
+    for (double a : accs) t += a;
+    sum.acc_mean = t / accs.size();
+  }
+  sum.bytes_per_peer_per_s = sum.seconds > 0 ? sum.bytes_sent / (sum.seconds * n) : 0;
+  std::ofstream js(sum.run_dir + "/summary.json");
+  js << "{\"name\":\"" << cfg.name << "\",\"peers\":" << n << ",\"finished\":" << sum.finished
+     << ",\"crashed\":" << sum.crashed << ",\"seconds\":" << sum.seconds << ",\"protocol\":\"" << cfg.protocol.name
+     << "\",\"model\":\"" << cfg.model << "\",\"codec\":\"" << cfg.params.codec << "\",\"dataset\":\""
+     << cfg.data.dataset << "\",\"partition\":\"" << cfg.data.partition << "\",\"accuracy_mean\":" << sum.acc_mean
+     << ",\"accuracy_min\":" << sum.acc_min << ",\"accuracy_max\":" << sum.acc_max
+     << ",\"bytes_sent\":" << sum.bytes_sent << ",\"model_bytes_sent\":" << sum.model_bytes_sent
+     << ",\"fp32_bytes_equivalent\":" << sum.fp32_bytes_equivalent << ",\"merges\":" << sum.merges
+     << ",\"bytes_per_peer_per_s\":" << sum.bytes_per_peer_per_s << ",\"per_peer\":[" << peers_json.str() << "]}\n";
+  if (accs.empty()) return Error(Code::kInternal, "no peer finished; see the logs in " + sum.run_dir);
+  return sum;
+}
+
+std::string format_summary(const SwarmSummary& s) {
+  std::ostringstream os;
+  char line[256];
+  os << "\n";
+  std::snprintf(line, sizeof line, "  %-34s %s\n", "run folder", s.run_dir.c_str());
+  os << line;
+  std::snprintf(line, sizeof line, "  %-34s %d finished, %d stopped early, %.1f s\n", "peers", s.finished,
+                s.crashed, s.seconds);
+  os << line;
+  std::snprintf(line, sizeof line, "  %-34s mean %.4f  min %.4f  max %.4f\n", "peer test accuracy", s.acc_mean,
+                s.acc_min, s.acc_max);
+  os << line;
+  std::snprintf(line, sizeof line, "  %-34s %s (%s of models)\n", "bytes sent", human_bytes(s.bytes_sent).c_str(),
+                human_bytes(s.model_bytes_sent).c_str());
+  os << line;
+  std::snprintf(line, sizeof line, "  %-34s %s/s\n", "per peer", human_bytes(s.bytes_per_peer_per_s).c_str());
+  os << line;
+  double ratio = s.model_bytes_sent ? static_cast<double>(s.fp32_bytes_equivalent) / s.model_bytes_sent : 0;
+  std::snprintf(line, sizeof line, "  %-34s %s (%.2fx what was sent)\n", "fp32 would have sent",
+                human_bytes(s.fp32_bytes_equivalent).c_str(), ratio);
+  os << line;
+  std::snprintf(line, sizeof line, "  %-34s %llu\n", "merges", static_cast<unsigned long long>(s.merges));
+  os << line;
+  return os.str();
+}
+
+}  // namespace mycel::runtime
