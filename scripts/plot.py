@@ -1,0 +1,113 @@
+#!/usr/bin/python3
+"""Turns mycel run folders into PNG plots (Debian python3-matplotlib).
+
+  scripts/plot.py RUN_DIR [RUN_DIR ...] [--out DIR]
+
+For each run: accuracy against time (mean and min-max band across peers), accuracy against
+bytes sent (mean over peers, bytes summed over peers), and the spread across peers at the end.
+Several run folders are overlaid, labelled by their summary.json (protocol, codec, partition),
+so gossip learning, FedAvg and other settings compare on one plot.
+"""
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load_run(d):
+    peers = []
+    for path in sorted(glob.glob(os.path.join(d, "peer-*.csv"))):
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f)]
+        if rows:
+            peers.append(rows)
+    if not peers:
+        raise SystemExit(f"plot.py: no peer-*.csv in {d}")
+    label = os.path.basename(os.path.normpath(d))
+    summary = os.path.join(d, "summary.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            s = json.load(f)
+        label = f"{s.get('protocol')} {s.get('codec')} {s.get('partition')} ({s.get('peers')} peers)"
+    return label, peers
+
+
+def binned(peers, key, bins=60):
+    """Mean, min and max of test accuracy per time bin; total of `key` per bin."""
+    t_end = max(float(r["time_s"]) for p in peers for r in p)
+    width = max(t_end / bins, 1e-9)
+    out = []
+    for b in range(bins + 1):
+        t = b * width
+        accs, tot = [], 0.0
+        for p in peers:
+            last = None
+            for r in p:
+                if float(r["time_s"]) <= t:
+                    last = r
+            if last is not None:
+                accs.append(float(last["test_accuracy"]))
+                tot += float(last[key])
+        if accs:
+            out.append((t, sum(accs) / len(accs), min(accs), max(accs), tot))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--out", default=None, help="folder for the PNGs (default: the first run folder)")
+    a = ap.parse_args()
+    out = a.out or a.runs[0]
+    os.makedirs(out, exist_ok=True)
+    runs = [load_run(d) for d in a.runs]
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, peers in runs:
+        s = binned(peers, "bytes_sent")
+        ax.plot([x[0] for x in s], [x[1] for x in s], label=label)
+        ax.fill_between([x[0] for x in s], [x[2] for x in s], [x[3] for x in s], alpha=0.2)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("test accuracy (mean, min-max band)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy_vs_time.png"), dpi=120)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, peers in runs:
+        s = binned(peers, "bytes_sent")
+        ax.plot([x[4] / 1e6 for x in s], [x[1] for x in s], label=label)
+    ax.set_xlabel("bytes sent by all peers (MB)")
+    ax.set_ylabel("mean test accuracy")
+    ax.set_xscale("symlog")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy_vs_bytes.png"), dpi=120)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, peers) in enumerate(runs):
+        final = [float(p[-1]["test_accuracy"]) for p in peers]
+        ax.scatter([i] * len(final), final, alpha=0.6, label=label)
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels([str(i) for i in range(len(runs))])
+    ax.set_xlabel("run")
+    ax.set_ylabel("final test accuracy per peer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "spread.png"), dpi=120)
+    print(f"plot.py: wrote accuracy_vs_time.png, accuracy_vs_bytes.png, spread.png to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+// End to end through the mycel binary: real peer processes over UCX on loopback, on Spambase
+// (needs scripts/fetch-data.sh spambase; skipped with the reason otherwise).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/version.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string mycel_bin() { return std::string(MYCEL_BINARY_DIR) + "/bin/mycel"; }
+
+bool have_spambase() {
+  const char* d = std::getenv("MYCEL_DATA");
+  fs::path dir = d && *d ? fs::path(d) : fs::path(MYCEL_SOURCE_DIR) / "data";
+  return fs::exists(dir / "spambase");
+}
+
+#define REQUIRE_RUNTIME()                                                                       \
+  do {                                                                                          \
+    if (!MYCEL_BUILD_UCX) GTEST_SKIP() << "built without UCX: mycel run needs it";              \
+    if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase"; \
+    if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();    \
+  } while (0)
+
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::fopen(log.c_str(), "w");
+    if (f) {
+      dup2(fileno(f), 1);
+      dup2(fileno(f), 2);
+    }
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+double json_number(const std::string& text, const std::string& key) {
+  auto pos = text.find("\"" + key + "\":");
+  if (pos == std::string::npos) return -1;
+  return std::strtod(text.c_str() + pos + key.size() + 3, nullptr);
+}
+
+fs::path temp_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("mycel-" + name + "-" + std::to_string(getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+void write_config(const fs::path& path, int peers, double duration, const fs::path& out) {
+  std::ofstream(path) << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                         "train:\n  lr: 0.1\n  local_steps: 2\nprotocol:\n  period_s: 0.3\n"
+                         "  peer_timeout_s: 2\npeers:\n  count: "
+                      << peers << "\nrun:\n  duration_s: " << duration
+                      << "\neval:\n  every_s: 1\noutput: " << out.string() << "\n";
+}
+
+TEST(Swarm, RunLearnsAndWritesOutputs) {
+  REQUIRE_RUNTIME();
+  fs::path dir = temp_dir("run");
+  write_config(dir / "c.yaml", 3, 6, dir / "runs");
+  pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string()}, (dir / "run.log").string());
+  ASSERT_EQ(wait_exit(pid), 0) << slurp((dir / "run.log").string());
+  fs::path run;
+  for (const auto& e : fs::directory_iterator(dir / "runs")) run = e.path();
+  std::string summary = slurp((run / "summary.json").string());
+  ASSERT_FALSE(summary.empty()) << slurp((dir / "run.log").string());
+  EXPECT_EQ(json_number(summary, "finished"), 3);
+  EXPECT_GT(json_number(summary, "accuracy_mean"), 0.80) << summary;
+  EXPECT_GT(json_number(summary, "merges"), 10) << summary;
+  // int8 sends about a quarter of what fp32 would have.
+  EXPECT_LT(json_number(summary, "model_bytes_sent"), 0.5 * json_number(summary, "fp32_bytes_equivalent"));
+  for (int i = 0; i < 3; ++i) {
+    std::string csv = slurp((run / ("peer-" + std::to_string(i) + ".csv")).string());
+    EXPECT_NE(csv.find("time_s,age,test_accuracy"), std::string::npos);
+    EXPECT_GE(std::count(csv.begin(), csv.end(), '\n'), 4) << "peer " << i << " wrote too few rows";
+  }
+}
+
+TEST(Swarm, KilledPeerDoesNotStopTheOthersAndARestartedPeerRejoins) {
+  REQUIRE_RUNTIME();
+  fs::path dir = temp_dir("kill");
+  write_config(dir / "c.yaml", 4, 12, dir / "out");
+  std::vector<std::string> addr;
+  for (int i = 0; i < 4; ++i) addr.push_back("ucx://127.0.0.1:" + std::to_string(free_port()));
+  std::string seeds = addr[0] + "," + addr[1];
+  auto peer_args = [&](int i, const std::string& extra_dir) {
+    return std::vector<std::string>{mycel_bin(), "--log-level", "warn", "--threads", "1", "peer", "--config",
+                                    (dir / "c.yaml").string(), "--id", std::to_string(i), "--listen", addr[i],
+                                    "--seeds", seeds, "--out", (dir / extra_dir).string()};
+  };
+  std::vector<pid_t> pids;
+  for (int i = 0; i < 4; ++i) pids.push_back(spawn(peer_args(i, "out"), (dir / ("p" + std::to_string(i) + ".log")).string()));
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  kill(pids[3], SIGKILL);  // no goodbye
+  EXPECT_EQ(wait_exit(pids[3]), 128 + SIGKILL);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  // The same peer comes back (same address, new process, fresh model) for 5 seconds.
+  write_config(dir / "c2.yaml", 4, 5, dir / "again");
+  auto again = peer_args(3, "again");
+  again[7] = (dir / "c2.yaml").string();
+  pid_t back = spawn(again, (dir / "p3-again.log").string());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(wait_exit(pids[i]), 0) << slurp((dir / ("p" + std::to_string(i) + ".log")).string());
+  EXPECT_EQ(wait_exit(back), 0) << slurp((dir / "p3-again.log").string());
+  for (int i = 0; i < 3; ++i) {
+    std::string j = slurp((dir / "out" / ("peer-" + std::to_string(i) + ".json")).string());
+    ASSERT_FALSE(j.empty());
+    EXPECT_GT(json_number(j, "test_accuracy"), 0.80) << j;
+    EXPECT_GT(json_number(j, "merges"), 10) << j;
+  }
+  std::string rejoined = slurp((dir / "again" / "peer-3.json").string());
+  ASSERT_FALSE(rejoined.empty());
+  EXPECT_GT(json_number(rejoined, "merges"), 0) << "the restarted peer received no model: " << rejoined;
+}
+
+TEST(Swarm, BadConfigIsAClearErrorNotAHang) {
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built";
+  fs::path dir = temp_dir("bad");
+  std::ofstream(dir / "bad.yaml") << "peers:\n  count: -3\n";
+  pid_t pid = spawn({mycel_bin(), "run", (dir / "bad.yaml").string()}, (dir / "log").string());
+  EXPECT_EQ(wait_exit(pid), 2);
+  EXPECT_NE(slurp((dir / "log").string()).find("peers.count"), std::string::npos);
+}
+
+}  // namespace
