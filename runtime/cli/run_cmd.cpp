@@ -50,7 +50,7 @@ std::vector<std::string> split(const std::string& s) {
 void add_run_commands(CLI::App& app, Common& common) {
   // ---- mycel peer ----
   struct PeerOpts {
-    std::string config, listen, seeds, out;
+    std::string config, listen, seeds, peers, out;
     int id = 0;
     std::vector<std::string> sets;
   };
@@ -61,6 +61,8 @@ void add_run_commands(CLI::App& app, Common& common) {
   peer->add_option("--listen", po->listen, "address to listen at, e.g. ucx://0.0.0.0:13337 "
                                            "(default: peers.addresses[id])");
   peer->add_option("--seeds", po->seeds, "bootstrap peers, comma separated (default: peers.addresses)");
+  peer->add_option("--peers", po->peers, "every peer's address in id order, comma separated, for "
+                                         "dpsgd and fedavg (default: peers.addresses)");
   peer->add_option("--out", po->out, "folder for peer-ID.csv / .json (default: the config's output)");
   peer->add_option("--set", po->sets, "KEY=VALUE config overrides");
   peer->callback([po, &common] {
@@ -81,6 +83,11 @@ void add_run_commands(CLI::App& app, Common& common) {
       a.listen = cfg->peers.addresses[static_cast<size_t>(po->id)];
     }
     a.seeds = po->seeds.empty() ? cfg->peers.addresses : split(po->seeds);
+    a.peers = po->peers.empty() ? cfg->peers.addresses : split(po->peers);
+    if ((cfg->protocol.name == "dpsgd" || cfg->protocol.name == "fedavg") &&
+        static_cast<int>(a.peers.size()) != cfg->peers.count)
+      fail("peer", Error(Code::kInvalidArgument, cfg->protocol.name + " needs every peer's address: --peers or "
+                                                 "peers.addresses with peers.count entries"));
     a.out_dir = po->out.empty() ? cfg->output : po->out;
     a.threads = common.threads;
     install_stop_handlers();

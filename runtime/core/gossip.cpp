@@ -77,7 +77,7 @@ class Gossip final : public Protocol {
         auto rule = rule_for(p->merge);
         MergeInputs in{age_, msg.age, 0, 0};
         float a = rule ? rule->weight(in) : 0.5f;
-        out.push_back(MergeModel{msg.from, a});
+        out.push_back(MergeModel{msg.handle, a});
         ++stats_.merges;
         age_ = rule ? rule->merged_age(in) : std::max(age_, msg.age);
         if (p->local_steps > 0) {

@@ -5,9 +5,13 @@
 // Inputs:  start(now), tick(now), message(now, msg), peer_up(now, addr), peer_down(now, addr)
 // Actions: SendModel   encode the current model with the current codec and send it
 //          SendView    send peer-sampling entries (Cyclon shuffle / reply / probe)
-//          MergeModel  decode+merge the payload of the message being handled, with weight a
+//          MergeModel  decode+merge the payload of a received model message, with weight a
+//          Drop        forget a received model message without merging it
 //          Train       local SGD steps at a learning rate
 //          SetTimer    call tick() again at this time
+// Model messages carry a handle: the driver keeps their payload until the core has answered
+// with MergeModel or Drop for that handle (possibly later, e.g. a D-PSGD model that arrived a
+// round early). A core must answer every handle it is given.
 #pragma once
 
 #include <cstdint>
@@ -38,14 +42,17 @@ enum class MsgKind : uint8_t {
 struct Message {
   MsgKind kind = MsgKind::kModel;
   std::string from;
-  uint64_t age = 0;                 // model age (kModel, kModelReply)
+  uint64_t age = 0;                 // model age (gossip) or round (D-PSGD, FedAvg)
+  uint64_t version = 0;             // FedAvg: the client's sample count
+  uint64_t handle = 0;              // model messages: the driver's key of the payload
   std::vector<Descriptor> entries;  // kShuffle, kShuffleReply
 };
 
 struct SendModel {
   std::string to;
   MsgKind kind = MsgKind::kModel;
-  uint64_t age = 0;  // the age to put in the frame
+  uint64_t age = 0;      // the age (or round) to put in the frame
+  uint64_t version = 0;  // FedAvg: sample count
 };
 struct SendView {
   std::string to;
@@ -53,8 +60,11 @@ struct SendView {
   std::vector<Descriptor> entries;
 };
 struct MergeModel {
-  std::string from;
+  uint64_t handle = 0;
   float weight = 0;  // x = (1 - weight) x + weight * received
+};
+struct Drop {
+  uint64_t handle = 0;
 };
 struct Train {
   int steps = 0;
@@ -64,7 +74,7 @@ struct Train {
 struct SetTimer {
   double at = 0;
 };
-using Action = std::variant<SendModel, SendView, MergeModel, Train, SetTimer>;
+using Action = std::variant<SendModel, SendView, MergeModel, Drop, Train, SetTimer>;
 
 // Counters every protocol keeps (the driver writes them to the peer's CSV).
 struct ProtocolStats {
@@ -92,6 +102,17 @@ struct ProtocolOptions {
   std::vector<std::string> seeds;   // bootstrap addresses
   uint64_t seed = 1;                // random choices (peer selection, jitter)
   int view_size = 8;
+  // Fixed-membership protocols (D-PSGD, FedAvg): every peer's address, index = peer id.
+  std::vector<std::string> peers;
+  int id = 0;
+  uint64_t experiment_seed = 1;     // shared by all peers (topology)
+  std::string topology = "ring";
+  int degree = 4;
+  double round_timeout_s = 10;      // a round waits this long for missing peers
+  double client_fraction = 0.1;     // FedAvg
+  int local_epochs = 1;             // FedAvg
+  uint64_t local_samples = 0;       // this peer's training samples
+  int batch = 32;
 };
 
 // gossip learning (push) or push-pull, chosen by name; parameters are read from `params` at
@@ -99,5 +120,14 @@ struct ProtocolOptions {
 Result<std::unique_ptr<Protocol>> make_gossip_protocol(std::string_view name,
                                                        const ProtocolOptions& opt,
                                                        const ParamStore* params);
+// D-PSGD on a fixed topology with Metropolis-Hastings weights.
+Result<std::unique_ptr<Protocol>> make_dpsgd_protocol(const ProtocolOptions& opt,
+                                                      const ParamStore* params);
+// FedAvg: peer 0 is the server, peers 1..N-1 the clients.
+Result<std::unique_ptr<Protocol>> make_fedavg_protocol(const ProtocolOptions& opt,
+                                                       const ParamStore* params);
+// Any of the above by name: gossip, push-pull, dpsgd, fedavg.
+Result<std::unique_ptr<Protocol>> make_protocol(std::string_view name, const ProtocolOptions& opt,
+                                                const ParamStore* params);
 
 }  // namespace mycel::runtime

@@ -48,12 +48,12 @@ class LivePeer {
 
  private:
   double now() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
-  void handle(std::vector<Action>& acts, std::vector<uint8_t>* frame_bytes);
+  void handle(std::vector<Action>& acts);
   void on_frame(tp::Frame&& f);
   void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries);
   void send_bytes(const std::string& to, std::vector<uint8_t> bytes);
   void flush_outbox();
-  void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age);
+  void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version);
   void evaluate(double t);
   Status write_summary(double t);
 
@@ -73,6 +73,9 @@ class LivePeer {
   Buffer<float> residual_;
   std::string residual_codec_;
   Metrics m_;
+  // Received model frames the core has not yet merged or dropped, by handle.
+  std::map<uint64_t, std::shared_ptr<std::vector<uint8_t>>> held_;
+  uint64_t next_handle_ = 0;
   std::mutex out_mu_;
   std::deque<std::pair<std::string, std::vector<uint8_t>>> outbox_;
   uint64_t seq_ = 0;                      // loop thread: frame sequence numbers
@@ -94,9 +97,18 @@ Status LivePeer::setup() {
   lo.max_test = cfg_.eval.max_test ? cfg_.eval.max_test : cfg_.data.max_test;
   MYCEL_ASSIGN_OR_RETURN(auto split, data::load(cfg_.data.dataset, lo));
   MYCEL_ASSIGN_OR_RETURN(auto pspec, data::parse_partition_spec(cfg_.data.partition));
-  MYCEL_ASSIGN_OR_RETURN(auto part, data::partition(split.train.y, split.train.classes,
-                                                    static_cast<size_t>(cfg_.peers.count), pspec, cfg_.seed));
-  MYCEL_ASSIGN_OR_RETURN(shard_, data::peer_dataset(split.train, part, static_cast<size_t>(args_.id)));
+  // FedAvg: peer 0 is the server and holds no data; the clients 1..N-1 share the training set.
+  const bool fedavg = cfg_.protocol.name == "fedavg";
+  const bool fed_server = fedavg && args_.id == 0;
+  const size_t holders = static_cast<size_t>(cfg_.peers.count - (fedavg ? 1 : 0));
+  if (holders == 0) return Error(Code::kInvalidArgument, "fedavg needs at least one client (peers.count >= 2)");
+  MYCEL_ASSIGN_OR_RETURN(auto part, data::partition(split.train.y, split.train.classes, holders, pspec, cfg_.seed));
+  if (fed_server) {
+    shard_ = split.test;  // never trained on: the server only evaluates the global model
+  } else {
+    size_t shard = static_cast<size_t>(args_.id - (fedavg ? 1 : 0));
+    MYCEL_ASSIGN_OR_RETURN(shard_, data::peer_dataset(split.train, part, shard));
+  }
   if (shard_.n == 0) return Error(Code::kInvalidArgument, "peer " + std::to_string(args_.id) + " got no training samples");
 
   // Model: every peer starts from the same initialisation (seeded), as in the papers.
@@ -131,7 +143,17 @@ Status LivePeer::setup() {
   po.seeds = args_.seeds;
   po.seed = cfg_.seed * 7777 + static_cast<uint64_t>(args_.id);
   po.view_size = cfg_.protocol.view_size;
-  MYCEL_ASSIGN_OR_RETURN(proto_, make_gossip_protocol(cfg_.protocol.name, po, &params_));
+  po.peers = args_.peers;
+  po.id = args_.id;
+  po.experiment_seed = cfg_.seed;
+  po.topology = cfg_.protocol.topology;
+  po.degree = cfg_.protocol.degree;
+  po.round_timeout_s = cfg_.protocol.peer_timeout_s;
+  po.client_fraction = cfg_.protocol.client_fraction;
+  po.local_epochs = cfg_.protocol.local_epochs;
+  po.local_samples = fed_server ? 0 : shard_.n;
+  po.batch = cfg_.train.batch;
+  MYCEL_ASSIGN_OR_RETURN(proto_, make_protocol(cfg_.protocol.name, po, &params_));
 
   if (!args_.out_dir.empty()) {
     std::filesystem::create_directories(args_.out_dir);
@@ -161,7 +183,7 @@ void LivePeer::send_bytes(const std::string& to, std::vector<uint8_t> bytes) {
     ++m_.send_failures;
     std::vector<Action> acts;
     proto_->peer_down(now(), to, acts);
-    handle(acts, nullptr);
+    handle(acts);
   }
 }
 
@@ -180,7 +202,7 @@ void LivePeer::send_view(const std::string& to, MsgKind kind, const std::vector<
 }
 
 // Runs on the worker: encodes the model as it is now and queues the frame for the loop.
-void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t age) {
+void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version) {
   auto p = params_.get();
   auto spec = parse_codec(p->codec);
   if (!spec) return;
@@ -205,7 +227,7 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
   h.flags = kind == MsgKind::kModelReply ? tp::kFlagReply : 0;
   h.sender_id = static_cast<uint64_t>(args_.id);
   h.model_age = age;
-  h.model_version = m_.merges.load();
+  h.model_version = version;
   h.codec = static_cast<uint8_t>(spec->id);
   h.param_count = model_->num_params();
   auto frame = tp::encode_frame(h, payload);
@@ -230,22 +252,25 @@ void LivePeer::flush_outbox() {
   for (auto& [to, bytes] : out) send_bytes(to, std::move(bytes));
 }
 
-// Carries out the core's actions. frame_bytes: the frame being handled (for MergeModel).
-void LivePeer::handle(std::vector<Action>& acts, std::vector<uint8_t>* frame_bytes) {
+// Carries out the core's actions.
+void LivePeer::handle(std::vector<Action>& acts) {
   for (auto& a : acts) {
     if (auto* s = std::get_if<SendModel>(&a)) {
       std::string to = s->to;
       MsgKind kind = s->kind;
-      uint64_t age = s->age;
-      worker_.post([this, to, kind, age] { encode_and_queue(to, kind, age); });
+      uint64_t age = s->age, version = s->version;
+      worker_.post([this, to, kind, age, version] { encode_and_queue(to, kind, age, version); });
     } else if (auto* v = std::get_if<SendView>(&a)) {
       send_view(v->to, v->kind, v->entries);
+    } else if (auto* d = std::get_if<Drop>(&a)) {
+      held_.erase(d->handle);
     } else if (auto* mg = std::get_if<MergeModel>(&a)) {
-      if (!frame_bytes) continue;
+      auto it = held_.find(mg->handle);
+      if (it == held_.end()) continue;
       float w = mg->weight;
-      auto bytes = std::make_shared<std::vector<uint8_t>>(std::move(*frame_bytes));
-      std::string from = mg->from;
-      worker_.post([this, bytes, w, from] {
+      auto bytes = std::move(it->second);
+      held_.erase(it);
+      worker_.post([this, bytes, w] {
         std::span<const uint8_t> payload(bytes->data() + tp::kFrameHeaderBytes,
                                          bytes->size() - tp::kFrameHeaderBytes);
         Status s = dec_->decode_merge(payload, model_->params().data(), model_->num_params(), w);
@@ -253,7 +278,7 @@ void LivePeer::handle(std::vector<Action>& acts, std::vector<uint8_t>* frame_byt
           ++m_.merges;
         } else {
           ++m_.rejected_payloads;
-          MYCEL_LOG_WARN("runtime", "model from {} rejected, local model unchanged: {}", from, s.to_string());
+          MYCEL_LOG_WARN("runtime", "a received model was rejected, local model unchanged: {}", s.to_string());
         }
       });
     } else if (auto* t = std::get_if<Train>(&a)) {
@@ -299,7 +324,7 @@ void LivePeer::on_frame(tp::Frame&& f) {
       msg.kind = (h.flags & tp::kFlagReply) ? MsgKind::kShuffleReply : MsgKind::kShuffle;
       msg.entries = std::move(entries).value();
       proto_->message(now(), msg, acts);
-      handle(acts, nullptr);
+      handle(acts);
       return;
     }
     case tp::MessageType::kModel: {
@@ -317,8 +342,11 @@ void LivePeer::on_frame(tp::Frame&& f) {
       }
       msg.kind = (h.flags & tp::kFlagReply) ? MsgKind::kModelReply : MsgKind::kModel;
       msg.age = h.model_age;
+      msg.version = h.model_version;
+      msg.handle = ++next_handle_;
+      held_[msg.handle] = std::make_shared<std::vector<uint8_t>>(std::move(f.bytes));
       proto_->message(now(), msg, acts);
-      handle(acts, &f.bytes);
+      handle(acts);
       return;
     }
     default:
@@ -395,7 +423,7 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
   t0_ = Clock::now();
   std::vector<Action> acts;
   proto_->start(0, acts);
-  handle(acts, nullptr);
+  handle(acts);
   double next_tick = 0;
   for (auto& a : acts)
     if (auto* t = std::get_if<SetTimer>(&a)) next_tick = t->at;
@@ -414,7 +442,7 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
     if (t >= next_tick) {
       acts.clear();
       proto_->tick(t, acts);
-      handle(acts, nullptr);
+      handle(acts);
       next_tick = t + 1.0;
       for (auto& a : acts)
         if (auto* tm = std::get_if<SetTimer>(&a)) next_tick = tm->at;
@@ -440,7 +468,7 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
         default:
           break;
       }
-      handle(a2, nullptr);
+      handle(a2);
     }
   }
   worker_.drain();

@@ -17,6 +17,7 @@ struct PeerArgs {
   int id = 0;                       // peer index: its data shard and sender id
   std::string listen;               // "ucx://127.0.0.1:PORT" or "inproc://NAME"
   std::vector<std::string> seeds;   // bootstrap addresses
+  std::vector<std::string> peers;   // every peer's address, index = id (D-PSGD, FedAvg)
   std::string out_dir;              // where peer-ID.csv and peer-ID.json go ("" = none)
   int threads = 0;                  // CPU threads (0: all cores)
 };

@@ -121,8 +121,9 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
 
   std::vector<std::string> addrs;
   for (int p : ports) addrs.push_back("ucx://" + cfg.peers.host + ":" + std::to_string(p));
-  std::string seeds;
+  std::string seeds, all;
   for (int i = 0; i < std::min(n, 3); ++i) seeds += (i ? "," : "") + addrs[i];
+  for (int i = 0; i < n; ++i) all += (i ? "," : "") + addrs[i];
   int threads = opt.threads_per_peer > 0
                     ? opt.threads_per_peer
                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
@@ -132,7 +133,7 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
   for (int i = 0; i < n; ++i) {
     std::vector<std::string> args = {exe, "--log-level", opt.log_level, "--threads", std::to_string(threads),
                                      "peer", "--config", opt.config_path, "--id", std::to_string(i),
-                                     "--listen", addrs[i], "--seeds", seeds, "--out", sum.run_dir};
+                                     "--listen", addrs[i], "--seeds", seeds, "--peers", all, "--out", sum.run_dir};
     for (const auto& o : opt.overrides) {
       args.push_back("--set");
       args.push_back(o);

@@ -7,123 +7,12 @@
 #include <queue>
 
 #include "runtime/core/protocol.h"
+#include "tests/runtime/core_sim.h"
 
 namespace mycel::runtime {
 namespace {
 
-struct Sim {
-  struct Node {
-    std::unique_ptr<Protocol> proto;
-    double x = 0;
-    bool alive = true;
-    double next_timer = 1e18;
-  };
-  struct Event {
-    double t;
-    int seq;
-    int to;
-    bool is_timer;
-    Message msg;
-    double value;  // model value carried
-    bool operator>(const Event& o) const { return t != o.t ? t > o.t : seq > o.seq; }
-  };
-
-  std::vector<Node> nodes;
-  ParamStore params;
-  std::priority_queue<Event, std::vector<Event>, std::greater<>> q;
-  int seq = 0;
-  double latency = 0.01;
-  uint64_t merges = 0, models = 0;
-  double train_drift = 0;  // added to x per train step
-
-  static std::string addr(int i) { return "inproc://n" + std::to_string(i); }
-  static int index(const std::string& a) { return std::stoi(a.substr(10)); }
-
-  Sim(int n, const std::string& proto, RuntimeParams p, int seeds = 1) : params(p) {
-    for (int i = 0; i < n; ++i) {
-      ProtocolOptions o;
-      o.self = addr(i);
-      for (int s = 0; s < seeds; ++s)
-        if (s != i) o.seeds.push_back(addr(s));
-      o.seed = 100 + i;
-      o.view_size = 6;
-      auto pr = make_gossip_protocol(proto, o, &params);
-      EXPECT_TRUE(pr.is_ok());
-      Node node;
-      node.proto = std::move(pr).value();
-      node.x = i;  // initial models 0..n-1
-      nodes.push_back(std::move(node));
-    }
-    for (int i = 0; i < n; ++i) {
-      std::vector<Action> out;
-      nodes[i].proto->start(0, out);
-      run_actions(i, 0, out);
-    }
-  }
-
-  void run_actions(int i, double now, std::vector<Action>& out, double carried = 0) {
-    for (auto& a : out) {
-      if (auto* s = std::get_if<SendModel>(&a)) {
-        ++models;
-        Message m{s->kind, addr(i), s->age, {}};
-        q.push({now + latency, seq++, index(s->to), false, m, nodes[i].x});
-      } else if (auto* v = std::get_if<SendView>(&a)) {
-        Message m{v->kind, addr(i), 0, v->entries};
-        q.push({now + latency, seq++, index(v->to), false, m, 0});
-      } else if (auto* mg = std::get_if<MergeModel>(&a)) {
-        ++merges;
-        nodes[i].x = (1 - mg->weight) * nodes[i].x + mg->weight * carried;
-      } else if (auto* t = std::get_if<Train>(&a)) {
-        nodes[i].x += train_drift * t->steps;
-      } else if (auto* tm = std::get_if<SetTimer>(&a)) {
-        if (tm->at < nodes[i].next_timer - 1e-12 || nodes[i].next_timer <= now) {
-          nodes[i].next_timer = tm->at;
-          q.push({tm->at, seq++, i, true, {}, 0});
-        }
-      }
-    }
-  }
-
-  void run_until(double t_end) {
-    while (!q.empty() && q.top().t <= t_end) {
-      Event e = q.top();
-      q.pop();
-      Node& n = nodes[e.to];
-      std::vector<Action> out;
-      if (e.is_timer) {
-        if (!n.alive || std::abs(e.t - n.next_timer) > 1e-12) continue;
-        n.next_timer = 1e18;
-        n.proto->tick(e.t, out);
-        run_actions(e.to, e.t, out);
-        continue;
-      }
-      if (!n.alive) {  // the sender's transport reports the failure
-        int from = index(e.msg.from);
-        if (nodes[from].alive) {
-          nodes[from].proto->peer_down(e.t, addr(e.to), out);
-          run_actions(from, e.t, out);
-        }
-        continue;
-      }
-      n.proto->message(e.t, e.msg, out);
-      run_actions(e.to, e.t, out, e.value);
-    }
-  }
-
-  double mean() const {
-    double s = 0;
-    int c = 0;
-    for (const auto& n : nodes)
-      if (n.alive) { s += n.x; ++c; }
-    return s / c;
-  }
-  double spread() const {
-    double lo = 1e18, hi = -1e18;
-    for (const auto& n : nodes)
-      if (n.alive) { lo = std::min(lo, n.x); hi = std::max(hi, n.x); }
-    return hi - lo;
-  }
-};
+using simtest::Sim;
 
 RuntimeParams fast_params(const std::string& merge) {
   RuntimeParams p;

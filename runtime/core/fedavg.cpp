@@ -1,0 +1,147 @@
+// FedAvg (McMahan et al., AISTATS 2017), the centralised baseline, on the same runtime,
+// transport and codecs: peer 0 is the server, peers 1..N-1 the clients. Each round the server
+// sends the global model to a random fraction C of the clients (at least one); a client replaces
+// its model with it, trains E local epochs with batch B on its shard and sends its model back
+// with its sample count; the server's new model is the sample-weighted average of the replies,
+// streamed like D-PSGD's merge (a_k = n_k / (n_1 + ... + n_k), the first reply replacing the
+// old model). A round ends when every selected client has answered or after round_timeout_s,
+// averaging whatever arrived (the global model is kept when nothing did).
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+
+#include "runtime/core/protocol.h"
+
+namespace mycel::runtime {
+namespace {
+
+class FedAvg final : public Protocol {
+ public:
+  FedAvg(const ProtocolOptions& opt, const ParamStore* params)
+      : opt_(opt), params_(params), rng_(opt.experiment_seed * 31 + 7) {
+    for (size_t i = 0; i < opt_.peers.size(); ++i) index_[opt_.peers[i]] = static_cast<int>(i);
+  }
+
+  std::string_view name() const override { return "fedavg"; }
+  bool server() const { return opt_.id == 0; }
+
+  void start(double now, std::vector<Action>& out) override {
+    if (server()) begin_round(now, out);
+  }
+
+  void tick(double now, std::vector<Action>& out) override {
+    if (server() && now + 1e-9 >= deadline_) {
+      ++stats_.no_peer;  // a round that timed out
+      end_round(now, out);
+    }
+    if (server()) out.push_back(SetTimer{deadline_});
+  }
+
+  void message(double now, const Message& msg, std::vector<Action>& out) override {
+    if (msg.kind != MsgKind::kModel && msg.kind != MsgKind::kModelReply) return;
+    ++stats_.models_received;
+    auto it = index_.find(msg.from);
+    if (it == index_.end()) {
+      out.push_back(Drop{msg.handle});
+      return;
+    }
+    if (!server()) {
+      // The global model of round msg.age: take it, train E epochs, answer with the result.
+      if (it->second != 0 || msg.kind != MsgKind::kModel) {
+        out.push_back(Drop{msg.handle});
+        return;
+      }
+      out.push_back(MergeModel{msg.handle, 1.0f});
+      auto p = params_->get();
+      uint64_t batches = (opt_.local_samples + static_cast<uint64_t>(opt_.batch) - 1) /
+                         static_cast<uint64_t>(std::max(1, opt_.batch));
+      int steps = static_cast<int>(std::max<uint64_t>(1, batches * static_cast<uint64_t>(opt_.local_epochs)));
+      out.push_back(Train{steps, p->lr, msg.age});
+      stats_.train_steps += static_cast<uint64_t>(steps);
+      out.push_back(SendModel{msg.from, MsgKind::kModelReply, msg.age, opt_.local_samples});
+      ++stats_.models_sent;
+      stats_.wakeups = std::max<uint64_t>(stats_.wakeups, msg.age + 1);
+      return;
+    }
+    int c = it->second;
+    if (msg.kind != MsgKind::kModelReply || msg.age != round_ || !waiting_.count(c) || msg.version == 0) {
+      out.push_back(Drop{msg.handle});
+      return;
+    }
+    waiting_.erase(c);
+    cum_ += static_cast<double>(msg.version);
+    out.push_back(MergeModel{msg.handle, static_cast<float>(static_cast<double>(msg.version) / cum_)});
+    ++stats_.merges;
+    if (waiting_.empty()) end_round(now, out);
+  }
+
+  void peer_up(double, const std::string&, std::vector<Action>&) override {}
+  void peer_down(double now, const std::string& addr, std::vector<Action>& out) override {
+    ++stats_.peers_down;
+    auto it = index_.find(addr);
+    if (!server() || it == index_.end()) return;
+    waiting_.erase(it->second);
+    if (waiting_.empty()) end_round(now, out);
+  }
+
+  uint64_t age() const override { return server() ? round_ : stats_.wakeups; }
+  const ProtocolStats& stats() const override { return stats_; }
+
+ private:
+  void begin_round(double now, std::vector<Action>& out) {
+    int clients = static_cast<int>(opt_.peers.size()) - 1;
+    int m = std::clamp(static_cast<int>(std::lround(opt_.client_fraction * clients)), 1, clients);
+    std::vector<int> ids(static_cast<size_t>(clients));
+    for (int i = 0; i < clients; ++i) ids[static_cast<size_t>(i)] = i + 1;
+    std::shuffle(ids.begin(), ids.end(), rng_);
+    waiting_.clear();
+    for (int i = 0; i < m; ++i) {
+      int c = ids[static_cast<size_t>(i)];
+      waiting_.insert(c);
+      out.push_back(SendModel{opt_.peers[static_cast<size_t>(c)], MsgKind::kModel, round_, 0});
+      ++stats_.models_sent;
+    }
+    cum_ = 0;
+    deadline_ = now + opt_.round_timeout_s;
+    out.push_back(SetTimer{deadline_});
+  }
+
+  void end_round(double now, std::vector<Action>& out) {
+    ++round_;
+    ++stats_.wakeups;
+    begin_round(now, out);
+  }
+
+  ProtocolOptions opt_;
+  const ParamStore* params_;
+  std::mt19937_64 rng_;
+  std::map<std::string, int> index_;
+  std::set<int> waiting_;
+  double cum_ = 0, deadline_ = 0;
+  uint64_t round_ = 0;
+  ProtocolStats stats_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Protocol>> make_fedavg_protocol(const ProtocolOptions& opt, const ParamStore* params) {
+  if (!params) return Error(Code::kInvalidArgument, "fedavg needs a parameter store");
+  if (opt.peers.size() < 2)
+    return Error(Code::kInvalidArgument, "fedavg needs the addresses of the server and at least one client");
+  if (opt.id < 0 || opt.id >= static_cast<int>(opt.peers.size()))
+    return Error(Code::kInvalidArgument, "fedavg: peer id outside the peer list");
+  return std::unique_ptr<Protocol>(std::make_unique<FedAvg>(opt, params));
+}
+
+Result<std::unique_ptr<Protocol>> make_protocol(std::string_view name, const ProtocolOptions& opt,
+                                                const ParamStore* params) {
+  if (name == "gossip" || name == "push-pull") return make_gossip_protocol(name, opt, params);
+  if (name == "dpsgd") return make_dpsgd_protocol(opt, params);
+  if (name == "fedavg") return make_fedavg_protocol(opt, params);
+  return Error(Code::kInvalidArgument,
+               "unknown protocol '" + std::string(name) + "' (expected gossip, push-pull, dpsgd or fedavg)");
+}
+
+}  // namespace mycel::runtime
