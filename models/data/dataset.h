@@ -15,13 +15,13 @@ namespace mycel::data {
 
 struct Dataset {
   std::string name;
-  size_t n = 0;             // samples
-  size_t dim = 0;           // features per sample (channels * height * width for images)
-  int channels = 0;         // images: 1; tabular: 0
+  size_t n = 0;      // samples
+  size_t dim = 0;    // features per sample (channels * height * width for images)
+  int channels = 0;  // images: 1; tabular: 0
   int height = 0, width = 0;
   int classes = 0;
-  std::vector<float> x;     // n * dim
-  std::vector<int32_t> y;   // n, each in [0, classes)
+  std::vector<float> x;    // n * dim
+  std::vector<int32_t> y;  // n, each in [0, classes)
 
   const float* row(size_t i) const { return x.data() + i * dim; }
 };
@@ -32,10 +32,10 @@ struct Split {
 };
 
 struct LoadOptions {
-  std::string dir;            // data folder; empty: $MYCEL_DATA or "data"
-  uint64_t seed = 1;          // for data sets without a fixed test split (spambase: 80/20)
+  std::string dir;    // data folder; empty: $MYCEL_DATA or "data"
+  uint64_t seed = 1;  // for data sets without a fixed test split (spambase: 80/20)
   double test_fraction = 0.2;
-  size_t max_train = 0;       // 0: all (tests and benches may take a prefix)
+  size_t max_train = 0;  // 0: all (tests and benches may take a prefix)
   size_t max_test = 0;
   // Images (mnist, fashion-mnist): pixels are scaled to [0, 1]; with this set they are then
   // normalised as (p - mean) / std with the scalar pixel mean and std of the training split
