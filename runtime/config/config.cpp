@@ -33,7 +33,7 @@ const std::vector<ConfigKey> kSchema = {
     {"train.lr", K::kFloat, "0.05", 0, 100, "", true, "base learning rate"},
     {"train.momentum", K::kFloat, "0", 0, 0.999, "", false, "SGD momentum"},
     {"train.weight_decay", K::kFloat, "0", 0, 1, "", false, "L2 weight decay"},
-    {"train.schedule", K::kString, "constant", 0, 0, "constant|step|cosine|age", false, "learning-rate schedule (age: eta / age, gossip learning)"},
+    {"train.schedule", K::kString, "constant", 0, 0, "", false, "learning-rate schedule: constant | step:EVERY[,GAMMA] | cosine[:MIN] | age (eta / age) | pegasos (1 / (lambda age))"},
     {"train.local_steps", K::kInt, "1", 0, 100000, "", true, "local SGD steps after each merge (gossip) or per round (D-PSGD)"},
     {"protocol.name", K::kString, "gossip", 0, 0, "gossip|push-pull|dpsgd|fedavg", false, "decentralized protocol, or fedavg (with a server) as the baseline"},
     {"protocol.period_s", K::kFloat, "1.0", 1e-3, 86400, "", true, "gossip period: a peer wakes and sends its model this often"},
@@ -386,10 +386,18 @@ Status validate(const RuntimeParams& p) {
 std::string describe_schema(bool markdown) {
   std::ostringstream os;
   if (markdown) {
+    auto esc = [](std::string_view t) {
+      std::string o;
+      for (char c : t) {
+        if (c == '|') o += '\\';
+        o += c;
+      }
+      return o;
+    };
     os << "| key | type | default | live | meaning |\n|---|---|---|---|---|\n";
     for (const auto& k : kSchema) {
-      os << "| `" << k.path << "` | " << expected_text(k) << " | `" << (k.def.empty() ? "\"\"" : k.def)
-         << "` | " << (k.live ? "yes" : "") << " | " << k.help << " |\n";
+      os << "| `" << k.path << "` | " << esc(expected_text(k)) << " | `" << (k.def.empty() ? "\"\"" : k.def)
+         << "` | " << (k.live ? "yes" : "") << " | " << esc(k.help) << " |\n";
     }
     return os.str();
   }

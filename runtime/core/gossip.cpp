@@ -49,6 +49,12 @@ class Gossip final : public Protocol {
         ++stats_.models_sent;
         out.push_back(SendModel{std::move(t), MsgKind::kModel, age_});
       }
+      // Local training goes on between exchanges too, so a peer nobody contacts still learns.
+      if (p->local_steps > 0) {
+        out.push_back(Train{p->local_steps, p->lr, age_});
+        age_ += static_cast<uint64_t>(p->local_steps);
+        stats_.train_steps += static_cast<uint64_t>(p->local_steps);
+      }
       std::uniform_real_distribution<double> j(-p->jitter, p->jitter);
       next_wake_ = now + p->period_s * (1.0 + j(rng_));
     }
@@ -98,6 +104,11 @@ class Gossip final : public Protocol {
     sampling_.on_peer_down(addr, now);
   }
 
+  void training_skipped(int steps) override {
+    uint64_t s = static_cast<uint64_t>(std::max(0, steps));
+    age_ -= std::min(age_, s);
+    stats_.train_steps -= std::min(stats_.train_steps, s);
+  }
   uint64_t age() const override { return age_; }
   const ProtocolStats& stats() const override { return stats_; }
   const PeerSampling* sampling() const override { return &sampling_; }

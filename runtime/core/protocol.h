@@ -92,6 +92,9 @@ class Protocol {
   virtual void message(double now, const Message& msg, std::vector<Action>& out) = 0;
   virtual void peer_up(double now, const std::string& addr, std::vector<Action>& out) = 0;
   virtual void peer_down(double now, const std::string& addr, std::vector<Action>& out) = 0;
+  // The driver could not run `steps` of the training it was asked for (its compute was busy):
+  // the core takes them out of the model's age.
+  virtual void training_skipped(int steps) {}
   virtual uint64_t age() const = 0;
   virtual const ProtocolStats& stats() const = 0;
   virtual const PeerSampling* sampling() const { return nullptr; }

@@ -27,6 +27,7 @@ namespace mycel::runtime {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr size_t kMaxPendingCompute = 3;  // worker tasks queued before training is skipped
 namespace tp = mycel::transport;
 
 // Counters shared by the loop and the worker.
@@ -34,7 +35,7 @@ struct Metrics {
   std::atomic<uint64_t> bytes_sent{0}, bytes_received{0}, frames_sent{0}, frames_received{0};
   std::atomic<uint64_t> model_bytes_sent{0}, fp32_bytes_equivalent{0}, models_sent{0};
   std::atomic<uint64_t> merges{0}, train_steps{0}, rejected_frames{0}, rejected_payloads{0};
-  std::atomic<uint64_t> dropped_sends{0}, send_failures{0};
+  std::atomic<uint64_t> dropped_sends{0}, send_failures{0}, skipped_steps{0};
   std::mutex mu;
   std::map<std::string, uint64_t> bytes_by_codec;  // model bytes sent per codec
 };
@@ -282,6 +283,13 @@ void LivePeer::handle(std::vector<Action>& acts) {
         }
       });
     } else if (auto* t = std::get_if<Train>(&a)) {
+      // Compute is the bottleneck: when the worker is already behind, skip this training
+      // rather than queue it, so merges and sends are not delayed behind a growing backlog.
+      if (worker_.pending() > kMaxPendingCompute) {
+        proto_->training_skipped(t->steps);
+        m_.skipped_steps += static_cast<uint64_t>(t->steps);
+        continue;
+      }
       int steps = t->steps;
       uint64_t age = t->age;
       float base = static_cast<float>(t->lr);
@@ -397,7 +405,7 @@ Status LivePeer::write_summary(double t) {
                "\"frames_sent\":%llu,\"frames_received\":%llu,\"model_bytes_sent\":%llu,"
                "\"fp32_bytes_equivalent\":%llu,\"models_sent\":%llu,\"merges\":%llu,\"train_steps\":%llu,"
                "\"rejected_frames\":%llu,\"rejected_payloads\":%llu,\"dropped_sends\":%llu,"
-               "\"send_failures\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s}}\n",
+               "\"send_failures\":%llu,\"skipped_steps\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s}}\n",
                args_.id, tr_->local_address().c_str(), t, static_cast<unsigned long long>(proto_->age()),
                last_acc_.load(), last_loss_.load(), shard_.n,
                static_cast<unsigned long long>(m_.bytes_sent.load()),
@@ -413,6 +421,7 @@ Status LivePeer::write_summary(double t) {
                static_cast<unsigned long long>(m_.rejected_payloads.load()),
                static_cast<unsigned long long>(m_.dropped_sends.load()),
                static_cast<unsigned long long>(m_.send_failures.load()),
+               static_cast<unsigned long long>(m_.skipped_steps.load()),
                static_cast<unsigned long long>(ps.wakeups), static_cast<unsigned long long>(ps.peers_down),
                codecs.c_str());
   std::fclose(f);

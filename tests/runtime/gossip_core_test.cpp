@@ -43,7 +43,8 @@ TEST(GossipCore, GossipLearningConvergesAndAgesGrow) {
   for (const auto& n : s.nodes) {
     EXPECT_GT(n.proto->age(), 40u);
     EXPECT_GT(n.proto->stats().merges, 20u);
-    EXPECT_EQ(n.proto->stats().train_steps, 2 * n.proto->stats().merges);
+    // Two steps after each merge and two at each wake-up.
+    EXPECT_EQ(n.proto->stats().train_steps, 2 * (n.proto->stats().merges + n.proto->stats().wakeups));
   }
 }
 

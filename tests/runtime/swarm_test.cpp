@@ -25,9 +25,11 @@ namespace fs = std::filesystem;
 
 std::string mycel_bin() { return std::string(MYCEL_BINARY_DIR) + "/bin/mycel"; }
 
+// The peers run in ctest's working folder: point them at the source tree's data folder.
 bool have_spambase() {
   const char* d = std::getenv("MYCEL_DATA");
   fs::path dir = d && *d ? fs::path(d) : fs::path(MYCEL_SOURCE_DIR) / "data";
+  setenv("MYCEL_DATA", dir.c_str(), 1);
   return fs::exists(dir / "spambase");
 }
 
