@@ -16,11 +16,20 @@ MYCEL_HD float quant_scale(float absmax, int qmax) { return absmax / static_cast
 
 MYCEL_HD int quantize(float x, float inv_scale, int qmax) {
   float r = rintf(x * inv_scale);  // round half to even on both host and device
-  r = fminf(fmaxf(r, -static_cast<float>(qmax)), static_cast<float>(qmax));
+  // Comparisons rather than fminf/fmaxf: same result for the finite values encoders see, and
+  // on x86 the host compiler turns them into vector min/max instead of a libm call per element.
+  const float q = static_cast<float>(qmax);
+  r = r < -q ? -q : r;
+  r = r > q ? q : r;
   return static_cast<int>(r);
 }
-// inv_scale is 0 when scale is 0 (all-zero block) so every q is 0.
-MYCEL_HD float inv_scale_of(float scale) { return scale > 0.f ? 1.f / scale : 0.f; }
+// inv_scale is 0 when scale is 0 (all-zero block) so every q is 0. It is 0 too when 1/scale
+// overflows (a block of subnormals, absmax < qmax * 2^-128): x * Inf would give Inf or NaN
+// (0 * Inf) and q = +-qmax; with 0 the block sends zeros and the error stays below absmax.
+MYCEL_HD float inv_scale_of(float scale) {
+  const float inv = 1.f / (scale > 0.f ? scale : 1.f);
+  return scale > 0.f && inv <= 3.40282347e+38f ? inv : 0.f;
+}
 
 // int4 packing: element 2i in the low nibble, 2i+1 in the high nibble, two's complement.
 MYCEL_HD uint8_t pack4(int lo, int hi) {
