@@ -108,9 +108,12 @@ TEST(PeerSampling, ReturningPeerRejoins) {
   for (int r = 0; r < 20; ++r) s.round();
   s.alive[7] = false;
   for (int r = 0; r < 30; ++r) s.round();
-  for (int i = 0; i < 40; ++i)
-    if (i != 7)
-      for (const auto& d : s.peers[i].view()) EXPECT_NE(d.address, Swarm::addr(7));
+  for (int i = 0; i < 40; ++i) {
+    if (i == 7) continue;
+    for (const auto& d : s.peers[i].view()) {
+      EXPECT_NE(d.address, Swarm::addr(7));
+    }
+  }
   // It comes back with its old view (all of whose entries it will probe) and is known again.
   s.alive[7] = true;
   for (int r = 0; r < 30; ++r) s.round();
