@@ -144,8 +144,10 @@ TEST(Swarm, KilledPeerDoesNotStopTheOthersAndARestartedPeerRejoins) {
   kill(pids[3], SIGKILL);  // no goodbye
   EXPECT_EQ(wait_exit(pids[3]), 128 + SIGKILL);
   std::this_thread::sleep_for(std::chrono::seconds(2));
-  // The same peer comes back (same address, new process, fresh model) for 5 seconds.
+  // The same peer comes back (new process, fresh model, and a new port: its old one may sit in
+  // TCP TIME_WAIT for a minute) for 5 seconds, and finds the others through the seeds.
   write_config(dir / "c2.yaml", 4, 5, dir / "again");
+  addr[3] = "ucx://127.0.0.1:" + std::to_string(free_port());
   auto again = peer_args(3, "again");
   again[7] = (dir / "c2.yaml").string();
   pid_t back = spawn(again, (dir / "p3-again.log").string());
