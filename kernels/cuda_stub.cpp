@@ -16,3 +16,8 @@ bool cuda_compiled_impl() { return false; }
 namespace mycel {
 const KernelTable* cuda_kernels() { return nullptr; }
 }  // namespace mycel
+
+#include "kernels/train_ops.h"
+namespace mycel {
+const TrainKernelTable* cuda_train_kernels() { return nullptr; }
+}  // namespace mycel

@@ -14,5 +14,22 @@ struct Common {
 // bench/: `mycel bench merge`, `mycel bench codec`.
 void add_bench_merge(CLI::App& bench, Common& common);
 void add_bench_codec(CLI::App& bench, Common& common);
+// bench/bench_transport.cpp: `mycel bench transport` (UCX vs ucx_perftest).
+void add_bench_transport(CLI::App& bench, Common& common);
+
+// runtime/cli/run_cmd.cpp: `mycel peer`, `mycel run`.
+void add_run_commands(CLI::App& app, Common& common);
+
+// runtime/cli/config_cmd.cpp: `mycel config`.
+void add_config_command(CLI::App& app, Common& common);
+
+// runtime/cli/data_cmd.cpp: `mycel data info`, `mycel data partition`.
+void add_data_commands(CLI::App& app, Common& common);
+
+// runtime/cli/train_cmd.cpp: `mycel train`.
+void add_train_command(CLI::App& app, Common& common);
+
+// bench/bench_train.cpp: `mycel bench train`.
+void add_bench_train(CLI::App& bench, Common& common);
 
 }  // namespace mycel::cli

@@ -48,6 +48,13 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   mycel::cli::add_bench_merge(*bench, common);
   mycel::cli::add_bench_codec(*bench, common);
+  mycel::cli::add_bench_transport(*bench, common);
+  mycel::cli::add_bench_train(*bench, common);
+
+  mycel::cli::add_config_command(app, common);
+  mycel::cli::add_run_commands(app, common);
+  mycel::cli::add_data_commands(app, common);
+  mycel::cli::add_train_command(app, common);
 
   try {
     app.parse(argc, argv);
