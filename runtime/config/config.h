@@ -61,6 +61,7 @@ struct ExperimentConfig {
   struct Protocol {
     std::string name, topology;
     int view_size = 0, degree = 0;
+    int partitions = 1;
     double client_fraction = 1;
     int local_epochs = 1;
     double peer_timeout_s = 0;

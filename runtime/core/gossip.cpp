@@ -4,6 +4,10 @@
 // takes age = max, then takes local SGD steps whose learning rate may fall with age.
 // push-pull: the receiver also answers with its own model (sent before it merges), so both
 // ends move towards each other in one exchange.
+// Partitioned subsampling (partitions > 1): each message carries one slice of the model, the
+// slices taken in turn from a random start; each slice has its own age, merged with the rule
+// against the received slice's age; local training ages every slice. The model's age (for the
+// learning-rate schedule) is the mean of the slices'.
 #include <algorithm>
 #include <cmath>
 
@@ -20,7 +24,10 @@ class Gossip final : public Protocol {
         params_(params),
         sampling_(opt.self, static_cast<size_t>(opt.view_size),
                   std::max<size_t>(1, static_cast<size_t>(opt.view_size) / 2), opt.seed * 7919 + 1),
-        rng_(opt.seed) {}
+        rng_(opt.seed),
+        ages_(static_cast<size_t>(std::max(1, opt.partitions)), 0) {
+    next_part_ = static_cast<uint32_t>(rng_() % ages_.size());
+  }
 
   std::string_view name() const override { return push_pull_ ? "push-pull" : "gossip"; }
 
@@ -39,22 +46,22 @@ class Gossip final : public Protocol {
     if (now + 1e-9 >= next_wake_) {
       auto p = params_->get();  // one snapshot per cycle
       ++stats_.wakeups;
+      // Model targets first: the shuffle takes its partner out of the view until it answers,
+      // which in a swarm of two would leave nobody to send to.
+      auto targets = sampling_.sample(static_cast<size_t>(p->fanout));
       if (auto req = sampling_.start_shuffle()) {
         ++stats_.shuffles;
         out.push_back(SendView{req->to, MsgKind::kShuffle, std::move(req->entries)});
       }
-      auto targets = sampling_.sample(static_cast<size_t>(p->fanout));
       if (targets.empty()) ++stats_.no_peer;
+      uint32_t part = next_part_;
+      next_part_ = (next_part_ + 1) % static_cast<uint32_t>(ages_.size());
       for (auto& t : targets) {
         ++stats_.models_sent;
-        out.push_back(SendModel{std::move(t), MsgKind::kModel, age_});
+        out.push_back(SendModel{std::move(t), MsgKind::kModel, ages_[part], 0, part});
       }
       // Local training goes on between exchanges too, so a peer nobody contacts still learns.
-      if (p->local_steps > 0) {
-        out.push_back(Train{p->local_steps, p->lr, age_});
-        age_ += static_cast<uint64_t>(p->local_steps);
-        stats_.train_steps += static_cast<uint64_t>(p->local_steps);
-      }
+      train(*p, out);
       std::uniform_real_distribution<double> j(-p->jitter, p->jitter);
       next_wake_ = now + p->period_s * (1.0 + j(rng_));
     }
@@ -76,21 +83,22 @@ class Gossip final : public Protocol {
         sampling_.on_heard(msg.from, now);
         ++stats_.models_received;
         auto p = params_->get();
+        if (msg.partition >= ages_.size()) {  // a peer with another partitioning
+          out.push_back(Drop{msg.handle});
+          return;
+        }
+        uint64_t& age = ages_[msg.partition];
         if (push_pull_ && msg.kind == MsgKind::kModel) {
-          ++stats_.models_sent;
-          out.push_back(SendModel{msg.from, MsgKind::kModelReply, age_});  // before merging
+          ++stats_.models_sent;  // our copy of the same slice, before merging
+          out.push_back(SendModel{msg.from, MsgKind::kModelReply, age, 0, msg.partition});
         }
         auto rule = rule_for(p->merge);
-        MergeInputs in{age_, msg.age, 0, 0};
+        MergeInputs in{age, msg.age, 0, 0};
         float a = rule ? rule->weight(in) : 0.5f;
         out.push_back(MergeModel{msg.handle, a});
         ++stats_.merges;
-        age_ = rule ? rule->merged_age(in) : std::max(age_, msg.age);
-        if (p->local_steps > 0) {
-          out.push_back(Train{p->local_steps, p->lr, age_});
-          age_ += static_cast<uint64_t>(p->local_steps);
-          stats_.train_steps += static_cast<uint64_t>(p->local_steps);
-        }
+        age = rule ? rule->merged_age(in) : std::max(age, msg.age);
+        train(*p, out);
         return;
       }
     }
@@ -106,10 +114,15 @@ class Gossip final : public Protocol {
 
   void training_skipped(int steps) override {
     uint64_t s = static_cast<uint64_t>(std::max(0, steps));
-    age_ -= std::min(age_, s);
+    for (auto& a : ages_) a -= std::min(a, s);
     stats_.train_steps -= std::min(stats_.train_steps, s);
   }
-  uint64_t age() const override { return age_; }
+  uint64_t age() const override {
+    uint64_t sum = 0;
+    for (auto a : ages_) sum += a;
+    return sum / ages_.size();
+  }
+  std::vector<uint64_t> partition_ages() const override { return ages_; }
   const ProtocolStats& stats() const override { return stats_; }
   const PeerSampling* sampling() const override { return &sampling_; }
 
@@ -120,6 +133,13 @@ class Gossip final : public Protocol {
     for (auto& addr : sampling_.due_retries(now))
       out.push_back(SendView{addr, MsgKind::kShuffle, {Descriptor{opt_.self, 0}}});
     next_probe_ = now + 0.5;
+  }
+
+  void train(const RuntimeParams& p, std::vector<Action>& out) {
+    if (p.local_steps <= 0) return;
+    out.push_back(Train{p.local_steps, p.lr, age()});
+    for (auto& a : ages_) a += static_cast<uint64_t>(p.local_steps);
+    stats_.train_steps += static_cast<uint64_t>(p.local_steps);
   }
 
   const MergeRule* rule_for(const std::string& name) {
@@ -137,7 +157,8 @@ class Gossip final : public Protocol {
   PeerSampling sampling_;
   std::mt19937_64 rng_;
   std::unique_ptr<MergeRule> rule_;
-  uint64_t age_ = 0;
+  std::vector<uint64_t> ages_;  // one per partition
+  uint32_t next_part_ = 0;
   double next_wake_ = 0, next_probe_ = 0;
   ProtocolStats stats_;
 };
@@ -149,6 +170,8 @@ Result<std::unique_ptr<Protocol>> make_gossip_protocol(std::string_view name,
                                                        const ParamStore* params) {
   if (!params) return Error(Code::kInvalidArgument, "gossip protocol needs a parameter store");
   if (opt.self.empty()) return Error(Code::kInvalidArgument, "gossip protocol needs its own address");
+  if (opt.partitions < 1 || opt.partitions > 1024)
+    return Error(Code::kInvalidArgument, "gossip: partitions must be in 1..1024");
   if (name == "gossip") return std::unique_ptr<Protocol>(std::make_unique<Gossip>(false, opt, params));
   if (name == "push-pull") return std::unique_ptr<Protocol>(std::make_unique<Gossip>(true, opt, params));
   return Error(Code::kInvalidArgument, "unknown gossip protocol '" + std::string(name) +

@@ -45,6 +45,7 @@ struct Message {
   uint64_t age = 0;                 // model age (gossip) or round (D-PSGD, FedAvg)
   uint64_t version = 0;             // FedAvg: the client's sample count
   uint64_t handle = 0;              // model messages: the driver's key of the payload
+  uint32_t partition = 0;           // partitioned subsampling: the slice the payload holds
   std::vector<Descriptor> entries;  // kShuffle, kShuffleReply
 };
 
@@ -53,6 +54,7 @@ struct SendModel {
   MsgKind kind = MsgKind::kModel;
   uint64_t age = 0;      // the age (or round) to put in the frame
   uint64_t version = 0;  // FedAvg: sample count
+  uint32_t partition = 0;  // partitioned subsampling: which slice of the model (0 otherwise)
 };
 struct SendView {
   std::string to;
@@ -96,6 +98,8 @@ class Protocol {
   // the core takes them out of the model's age.
   virtual void training_skipped(int steps) {}
   virtual uint64_t age() const = 0;
+  // Per-partition ages (one entry when the model is not partitioned).
+  virtual std::vector<uint64_t> partition_ages() const { return {age()}; }
   virtual const ProtocolStats& stats() const = 0;
   virtual const PeerSampling* sampling() const { return nullptr; }
 };
@@ -116,6 +120,9 @@ struct ProtocolOptions {
   int local_epochs = 1;             // FedAvg
   uint64_t local_samples = 0;       // this peer's training samples
   int batch = 32;
+  // Gossip: partitioned subsampling (Hegedűs, Danner, Jelasity 2019). With P > 1 a message
+  // carries one of P contiguous slices of the model, and each slice keeps its own age.
+  int partitions = 1;
 };
 
 // gossip learning (push) or push-pull, chosen by name; parameters are read from `params` at

@@ -54,7 +54,7 @@ class LivePeer {
   void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries);
   void send_bytes(const std::string& to, std::vector<uint8_t> bytes);
   void flush_outbox();
-  void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version);
+  void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version, uint32_t part);
   void evaluate(double t);
   Status write_summary(double t);
 
@@ -75,7 +75,16 @@ class LivePeer {
   std::string residual_codec_;
   Metrics m_;
   // Received model frames the core has not yet merged or dropped, by handle.
-  std::map<uint64_t, std::shared_ptr<std::vector<uint8_t>>> held_;
+  struct Held {
+    std::shared_ptr<std::vector<uint8_t>> bytes;
+    uint32_t partition = 0;
+  };
+  std::map<uint64_t, Held> held_;
+  // Partitioned subsampling: slice p of the flat vector is [slice_begin(p), slice_begin(p + 1)).
+  size_t slice_begin(uint32_t p) const {
+    return model_->num_params() * p / static_cast<size_t>(partitions_);
+  }
+  int partitions_ = 1;
   uint64_t next_handle_ = 0;
   std::mutex out_mu_;
   std::deque<std::pair<std::string, std::vector<uint8_t>>> outbox_;
@@ -154,6 +163,13 @@ Status LivePeer::setup() {
   po.local_epochs = cfg_.protocol.local_epochs;
   po.local_samples = fed_server ? 0 : shard_.n;
   po.batch = cfg_.train.batch;
+  const bool gossip = cfg_.protocol.name == "gossip" || cfg_.protocol.name == "push-pull";
+  partitions_ = gossip ? cfg_.protocol.partitions : 1;
+  if (static_cast<size_t>(partitions_) > model_->num_params())
+    return Error(Code::kInvalidArgument, "protocol.partitions (" + std::to_string(partitions_) +
+                                             ") exceeds the model's " + std::to_string(model_->num_params()) +
+                                             " parameters");
+  po.partitions = partitions_;
   MYCEL_ASSIGN_OR_RETURN(proto_, make_protocol(cfg_.protocol.name, po, &params_));
 
   if (!args_.out_dir.empty()) {
@@ -203,7 +219,8 @@ void LivePeer::send_view(const std::string& to, MsgKind kind, const std::vector<
 }
 
 // Runs on the worker: encodes the model as it is now and queues the frame for the loop.
-void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version) {
+void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version,
+                                uint32_t part) {
   auto p = params_.get();
   auto spec = parse_codec(p->codec);
   if (!spec) return;
@@ -215,8 +232,11 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
     }
     residual = residual_.data();
   }
+  // With partitioned subsampling only slice `part` goes out (its residual slice with it).
+  const size_t off = slice_begin(part), len = slice_begin(part + 1) - off;
+  if (residual) residual += off;
   std::vector<uint8_t> payload;
-  auto hdr = enc_->encode(*spec, model_->params().data(), model_->num_params(), residual,
+  auto hdr = enc_->encode(*spec, model_->params().data() + off, len, residual,
                           (static_cast<uint64_t>(args_.id) << 40) ^ ++encodes_,
                           &payload);
   if (!hdr) {
@@ -228,13 +248,13 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
   h.flags = kind == MsgKind::kModelReply ? tp::kFlagReply : 0;
   h.sender_id = static_cast<uint64_t>(args_.id);
   h.model_age = age;
-  h.model_version = version;
+  h.model_version = partitions_ > 1 ? part : version;
   h.codec = static_cast<uint8_t>(spec->id);
-  h.param_count = model_->num_params();
+  h.param_count = len;
   auto frame = tp::encode_frame(h, payload);
   if (!frame) return;
   m_.model_bytes_sent += frame->size();
-  m_.fp32_bytes_equivalent += tp::kFrameHeaderBytes + kPayloadHeaderBytes + 4 * model_->num_params();
+  m_.fp32_bytes_equivalent += tp::kFrameHeaderBytes + kPayloadHeaderBytes + 4 * len;
   ++m_.models_sent;
   {
     std::lock_guard lk(m_.mu);
@@ -260,7 +280,8 @@ void LivePeer::handle(std::vector<Action>& acts) {
       std::string to = s->to;
       MsgKind kind = s->kind;
       uint64_t age = s->age, version = s->version;
-      worker_.post([this, to, kind, age, version] { encode_and_queue(to, kind, age, version); });
+      uint32_t part = s->partition;
+      worker_.post([this, to, kind, age, version, part] { encode_and_queue(to, kind, age, version, part); });
     } else if (auto* v = std::get_if<SendView>(&a)) {
       send_view(v->to, v->kind, v->entries);
     } else if (auto* d = std::get_if<Drop>(&a)) {
@@ -269,12 +290,14 @@ void LivePeer::handle(std::vector<Action>& acts) {
       auto it = held_.find(mg->handle);
       if (it == held_.end()) continue;
       float w = mg->weight;
-      auto bytes = std::move(it->second);
+      auto bytes = std::move(it->second.bytes);
+      const size_t off = slice_begin(it->second.partition);
+      const size_t len = slice_begin(it->second.partition + 1) - off;
       held_.erase(it);
-      worker_.post([this, bytes, w] {
+      worker_.post([this, bytes, w, off, len] {
         std::span<const uint8_t> payload(bytes->data() + tp::kFrameHeaderBytes,
                                          bytes->size() - tp::kFrameHeaderBytes);
-        Status s = dec_->decode_merge(payload, model_->params().data(), model_->num_params(), w);
+        Status s = dec_->decode_merge(payload, model_->params().data() + off, len, w);
         if (s.is_ok()) {
           ++m_.merges;
         } else {
@@ -336,13 +359,16 @@ void LivePeer::on_frame(tp::Frame&& f) {
       return;
     }
     case tp::MessageType::kModel: {
-      if (h.param_count != model_->num_params()) {
+      // Gossip with partitions: model_version is the slice index and param_count its length.
+      const uint32_t part = partitions_ > 1 ? static_cast<uint32_t>(std::min<uint64_t>(h.model_version, 1u << 30)) : 0;
+      const size_t expect = part < static_cast<uint32_t>(partitions_) ? slice_begin(part + 1) - slice_begin(part) : 0;
+      if (h.param_count != expect || expect == 0) {
         ++m_.rejected_payloads;
-        MYCEL_LOG_WARN("runtime", "model from {} has {} parameters, ours {}: dropped", f.from, h.param_count,
-                       model_->num_params());
+        MYCEL_LOG_WARN("runtime", "model from {} has {} parameters (slice {}), expected {}: dropped", f.from,
+                       h.param_count, part, expect);
         return;
       }
-      auto ph = read_header(view->payload.data(), view->payload.size(), model_->num_params());
+      auto ph = read_header(view->payload.data(), view->payload.size(), expect);
       if (!ph) {
         ++m_.rejected_payloads;
         MYCEL_LOG_WARN("runtime", "model from {} has a bad payload: {}", f.from, ph.status().to_string());
@@ -352,7 +378,8 @@ void LivePeer::on_frame(tp::Frame&& f) {
       msg.age = h.model_age;
       msg.version = h.model_version;
       msg.handle = ++next_handle_;
-      held_[msg.handle] = std::make_shared<std::vector<uint8_t>>(std::move(f.bytes));
+      msg.partition = part;
+      held_[msg.handle] = Held{std::make_shared<std::vector<uint8_t>>(std::move(f.bytes)), part};
       proto_->message(now(), msg, acts);
       handle(acts);
       return;

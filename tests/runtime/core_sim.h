@@ -74,10 +74,10 @@ struct Sim {
     for (auto& a : out) {
       if (auto* s = std::get_if<SendModel>(&a)) {
         ++models;
-        Message m{s->kind, addr(i), s->age, s->version, 0, {}};
+        Message m{s->kind, addr(i), s->age, s->version, 0, s->partition, {}};
         q.push({now + latency, seq++, index(s->to), false, m, nodes[i].x});
       } else if (auto* v = std::get_if<SendView>(&a)) {
-        Message m{v->kind, addr(i), 0, 0, 0, v->entries};
+        Message m{v->kind, addr(i), 0, 0, 0, 0, v->entries};
         q.push({now + latency, seq++, index(v->to), false, m, 0});
       } else if (auto* mg = std::get_if<MergeModel>(&a)) {
         ++merges;

@@ -96,3 +96,60 @@ TEST(GossipCore, UnknownProtocolIsAnError) {
 
 }  // namespace
 }  // namespace mycel::runtime
+
+namespace mycel::runtime {
+namespace {
+
+TEST(GossipCore, PartitionedSubsamplingKeepsAnAgePerSlice) {
+  RuntimeParams p;
+  p.local_steps = 3;
+  p.merge = "age";
+  ParamStore ps(p);
+  ProtocolOptions o;
+  o.self = "inproc://a";
+  o.partitions = 4;
+  o.seed = 5;
+  auto proto = make_gossip_protocol("gossip", o, &ps);
+  ASSERT_TRUE(proto.is_ok());
+  auto& g = **proto;
+  std::vector<Action> out;
+  g.start(0, out);
+  g.message(0, Message{MsgKind::kShuffle, "inproc://b", 0, 0, 0, 0, {}}, out);  // b is alive
+  // Wake-ups send the slices in turn.
+  std::vector<uint32_t> parts;
+  for (int t = 1; t <= 8; ++t) {
+    out.clear();
+    g.tick(t * 10.0, out);
+    for (auto& a : out)
+      if (auto* s = std::get_if<SendModel>(&a)) parts.push_back(s->partition);
+    std::vector<Action> ignored;  // b answers the shuffle, so it stays in the view
+    g.message(t * 10.0 + 1, Message{MsgKind::kShuffleReply, "inproc://b", 0, 0, 0, 0, {}}, ignored);
+  }
+  ASSERT_EQ(parts.size(), 8u);
+  for (size_t i = 1; i < parts.size(); ++i) EXPECT_EQ(parts[i], (parts[i - 1] + 1) % 4);
+  auto before = g.partition_ages();
+  ASSERT_EQ(before.size(), 4u);
+  for (auto a : before) EXPECT_EQ(a, 8u * 3);  // every slice trained at every wake-up
+  // An old slice 2 arrives: only slice 2's age moves to it (then all train).
+  out.clear();
+  g.message(100, Message{MsgKind::kModel, "inproc://b", 1000, 0, 77, 2, {}}, out);
+  float w = -1;
+  for (auto& a : out)
+    if (auto* m = std::get_if<MergeModel>(&a)) {
+      EXPECT_EQ(m->handle, 77u);
+      w = m->weight;
+    }
+  EXPECT_FLOAT_EQ(w, 1000.f / (1000.f + 24.f));
+  auto after = g.partition_ages();
+  EXPECT_EQ(after[2], 1000u + 3);
+  EXPECT_EQ(after[0], 24u + 3);
+  EXPECT_EQ(after[3], 24u + 3);
+  // A slice index beyond our partitioning is dropped, not merged.
+  out.clear();
+  g.message(101, Message{MsgKind::kModel, "inproc://b", 5, 0, 78, 9, {}}, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_TRUE(std::holds_alternative<Drop>(out[0]));
+}
+
+}  // namespace
+}  // namespace mycel::runtime

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -162,6 +163,27 @@ TEST(Swarm, KilledPeerDoesNotStopTheOthersAndARestartedPeerRejoins) {
   std::string rejoined = slurp((dir / "again" / "peer-3.json").string());
   ASSERT_FALSE(rejoined.empty());
   EXPECT_GT(json_number(rejoined, "merges"), 0) << "the restarted peer received no model: " << rejoined;
+}
+
+TEST(Swarm, PartitionedSubsamplingLearns) {
+  REQUIRE_RUNTIME();
+  fs::path dir = temp_dir("part");
+  write_config(dir / "c.yaml", 3, 5, dir / "runs");
+  pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string(), "--set", "protocol.partitions=4",
+                     "--set", "protocol.name=push-pull"},
+                    (dir / "run.log").string());
+  ASSERT_EQ(wait_exit(pid), 0) << slurp((dir / "run.log").string());
+  fs::path run;
+  for (const auto& e : fs::directory_iterator(dir / "runs")) run = e.path();
+  std::string summary = slurp((run / "summary.json").string());
+  EXPECT_GT(json_number(summary, "accuracy_mean"), 0.80) << summary;
+  EXPECT_GT(json_number(summary, "merges"), 10) << summary;
+  // Every slice a peer received matched its partitioning.
+  std::regex rejected("\"rejected_payloads\":([0-9]+)");
+  int peers = 0;
+  for (std::sregex_iterator it(summary.begin(), summary.end(), rejected), end; it != end; ++it, ++peers)
+    EXPECT_EQ((*it)[1].str(), "0") << summary;
+  EXPECT_EQ(peers, 3);
 }
 
 TEST(Swarm, BadConfigIsAClearErrorNotAHang) {
