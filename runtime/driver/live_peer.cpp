@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "common/log.h"
 #include "kernels/codec.h"
@@ -54,6 +55,14 @@ class LivePeer {
   void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries);
   void send_bytes(const std::string& to, std::vector<uint8_t> bytes);
   void flush_outbox();
+  // One warning per peer when it becomes unreachable (a seed that is not up, a peer that died);
+  // the peer-sampling layer retries it with backoff, and a frame from it clears the mark.
+  void note_unreachable(const std::string& peer, const Status& why) {
+    if (unreachable_.insert(peer).second)
+      MYCEL_LOG_WARN("runtime", "peer {} unreachable ({}): retrying with backoff", peer,
+                     why.is_ok() ? std::string("connection closed") : why.to_string());
+  }
+  std::set<std::string> unreachable_, unknown_senders_;
   void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version, uint32_t part);
   void evaluate(double t);
   Status write_summary(double t);
@@ -198,6 +207,7 @@ void LivePeer::send_bytes(const std::string& to, std::vector<uint8_t> bytes) {
     ++m_.dropped_sends;  // back-pressure: this exchange is skipped, the next period tries again
   } else {
     ++m_.send_failures;
+    note_unreachable(to, s);
     std::vector<Action> acts;
     proto_->peer_down(now(), to, acts);
     handle(acts);
@@ -333,6 +343,16 @@ void LivePeer::handle(std::vector<Action>& acts) {
 void LivePeer::on_frame(tp::Frame&& f) {
   ++m_.frames_received;
   m_.bytes_received += f.bytes.size();
+  unreachable_.erase(f.from);
+  // Fixed-membership protocols (D-PSGD, FedAvg) take frames from the listed peers only.
+  if (!args_.peers.empty() && (cfg_.protocol.name == "dpsgd" || cfg_.protocol.name == "fedavg") &&
+      std::find(args_.peers.begin(), args_.peers.end(), f.from) == args_.peers.end()) {
+    ++m_.rejected_frames;
+    if (unknown_senders_.insert(f.from).second)
+      MYCEL_LOG_WARN("runtime", "ignoring frames from {}: not one of the {} peers of this {} experiment", f.from,
+                     args_.peers.size(), cfg_.protocol.name);
+    return;
+  }
   tp::FrameError fe;
   auto view = decoder_->decode(f.from, f.bytes, &fe);
   if (!view) {
@@ -499,6 +519,7 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
         case tp::EventKind::kPeerDown:
         case tp::EventKind::kSendFailed:
           if (e.kind == tp::EventKind::kSendFailed) ++m_.send_failures;
+          note_unreachable(e.peer, e.status);
           proto_->peer_down(now(), e.peer, a2);
           break;
         default:
