@@ -186,6 +186,29 @@ TEST(Swarm, PartitionedSubsamplingLearns) {
   EXPECT_EQ(peers, 3);
 }
 
+// D-PSGD and FedAvg through real processes: rounds complete, models merge, nothing rejected.
+TEST(Swarm, DpsgdAndFedAvgRunRounds) {
+  REQUIRE_RUNTIME();
+  for (const char* proto : {"dpsgd", "fedavg"}) {
+    fs::path dir = temp_dir(std::string("rounds-") + proto);
+    write_config(dir / "c.yaml", 4, 4, dir / "runs");
+    pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string(), "--set", std::string("protocol.name=") + proto,
+                       "--set", "protocol.client_fraction=1"},
+                      (dir / "run.log").string());
+    ASSERT_EQ(wait_exit(pid), 0) << proto << ": " << slurp((dir / "run.log").string());
+    fs::path run;
+    for (const auto& e : fs::directory_iterator(dir / "runs")) run = e.path();
+    std::string summary = slurp((run / "summary.json").string());
+    EXPECT_GT(json_number(summary, "accuracy_mean"), 0.80) << proto << ": " << summary;
+    EXPECT_GT(json_number(summary, "merges"), 20) << proto << ": " << summary;
+    std::string server = slurp((run / "peer-0.json").string());
+    EXPECT_GT(json_number(server, "wakeups"), 5) << proto << ": rounds did not advance: " << server;
+    std::regex rejected("\"rejected_(frames|payloads)\":([0-9]+)");
+    for (std::sregex_iterator it(summary.begin(), summary.end(), rejected), end; it != end; ++it)
+      EXPECT_EQ((*it)[2].str(), "0") << proto << ": " << summary;
+  }
+}
+
 TEST(Swarm, BadConfigIsAClearErrorNotAHang) {
   if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built";
   fs::path dir = temp_dir("bad");
