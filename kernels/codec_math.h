@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "common/half.h"
@@ -37,6 +38,35 @@ MYCEL_HD uint8_t pack4(int lo, int hi) {
 }
 MYCEL_HD int unpack4_lo(uint8_t b) { return static_cast<int>(static_cast<int8_t>(b << 4) >> 4); }
 MYCEL_HD int unpack4_hi(uint8_t b) { return static_cast<int>(static_cast<int8_t>(b) >> 4); }
+
+// ---- a body split into its arrays (the layout comment of codec.h), on the host ----
+// One definition for the CPU codecs and the CUDA launchers, so the two cannot drift apart.
+struct BodyLayout {
+  size_t n = 0, k = 0, block = 0, nblocks = 0;
+  float* scales = nullptr;   // int8 / int4: ceil(n / block) scales first
+  uint8_t* data = nullptr;   // dense values, int8 / int4 codes, topk / randk values
+  uint32_t* idx = nullptr;   // topk: k indices first
+};
+
+inline BodyLayout body_layout(size_t n, size_t k, size_t block, bool quantised, bool topk,
+                              const uint8_t* body) {
+  auto* p = const_cast<uint8_t*>(body);
+  BodyLayout l;
+  l.n = n;
+  l.k = k;
+  l.block = block;
+  if (quantised) {
+    l.nblocks = block ? (n + block - 1) / block : 0;
+    l.scales = reinterpret_cast<float*>(p);
+    l.data = p + 4 * l.nblocks;
+  } else if (topk) {
+    l.idx = reinterpret_cast<uint32_t*>(p);
+    l.data = p + 4 * k;
+  } else {
+    l.data = p;
+  }
+  return l;
+}
 
 // ---- random-k: the first k elements of a seeded pseudo-random permutation of [0, n) ----
 // A 4-round Feistel network over the smallest even power of two >= n, with cycle walking, so

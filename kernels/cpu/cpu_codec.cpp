@@ -19,36 +19,12 @@ namespace {
 constexpr float kF16Max = 65504.f;
 const float kBf16Max = bits_f32(0x7f7f0000u);  // largest finite bfloat16
 
-// The body split into its arrays (the layout comment of codec.h).
-struct Layout {
-  size_t n = 0, k = 0, block = 0, nblocks = 0;
-  float* scales = nullptr;   // int8 / int4
-  uint8_t* data = nullptr;   // values (fp32/fp16/bf16/int8/int4), or topk/randk values
-  uint32_t* idx = nullptr;   // topk
-};
+using Layout = codec_math::BodyLayout;
 
 Layout layout(const PayloadHeader& h, const uint8_t* body) {
-  auto* p = const_cast<uint8_t*>(body);
-  Layout l;
-  l.n = h.n;
-  l.k = h.k;
-  l.block = h.block;
-  switch (h.codec) {
-    case CodecId::kInt8:
-    case CodecId::kInt4:
-      l.nblocks = (l.n + l.block - 1) / l.block;
-      l.scales = reinterpret_cast<float*>(p);
-      l.data = p + 4 * l.nblocks;
-      break;
-    case CodecId::kTopK:
-      l.idx = reinterpret_cast<uint32_t*>(p);
-      l.data = p + 4 * l.k;
-      break;
-    default:
-      l.data = p;
-      break;
-  }
-  return l;
+  return codec_math::body_layout(h.n, h.k, h.block,
+                                 h.codec == CodecId::kInt8 || h.codec == CodecId::kInt4,
+                                 h.codec == CodecId::kTopK, body);
 }
 
 size_t lcm_align(size_t block) { return block % 2 == 0 ? block : 2 * block; }

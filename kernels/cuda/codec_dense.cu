@@ -29,35 +29,12 @@ constexpr unsigned long long kNone = ~0ull;
 
 // ---- layout of a body (codec.h's top comment), computed on the host ----
 
-struct Layout {
-  size_t n = 0, k = 0, block = 0, nblocks = 0;
-  float* scales = nullptr;  // int8 / int4
-  uint8_t* data = nullptr;  // dense values, int8 / int4 codes, topk / randk values
-  uint32_t* idx = nullptr;  // topk
-};
+using Layout = codec_math::BodyLayout;
 
 Layout layout(const Header& h, const uint8_t* body) {
-  auto* p = const_cast<uint8_t*>(body);
-  Layout l;
-  l.n = h.n;
-  l.k = h.k;
-  l.block = h.block;
-  switch (h.codec) {
-    case kCodecInt8:
-    case kCodecInt4:
-      l.nblocks = l.block ? (l.n + l.block - 1) / l.block : 0;
-      l.scales = reinterpret_cast<float*>(p);
-      l.data = p + 4 * l.nblocks;
-      break;
-    case kCodecTopK:
-      l.idx = reinterpret_cast<uint32_t*>(p);
-      l.data = p + 4 * l.k;
-      break;
-    default:
-      l.data = p;
-      break;
-  }
-  return l;
+  return codec_math::body_layout(h.n, h.k, h.block,
+                                 h.codec == kCodecInt8 || h.codec == kCodecInt4,
+                                 h.codec == kCodecTopK, body);
 }
 
 // Index of the quantisation block of parameter i: a shift for power-of-two blocks.
