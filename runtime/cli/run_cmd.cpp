@@ -28,18 +28,6 @@ void install_stop_handlers() {
   signal(SIGPIPE, SIG_IGN);
 }
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start < s.size()) {
-    size_t c = s.find(',', start);
-    if (c == std::string::npos) c = s.size();
-    if (c > start) out.push_back(s.substr(start, c - start));
-    start = c + 1;
-  }
-  return out;
-}
-
 [[noreturn]] void fail(const char* cmd, const Status& s, int code = 2) {
   std::fprintf(stderr, "mycel %s: %s\n", cmd, s.message().c_str());
   throw CLI::RuntimeError(code);
@@ -82,8 +70,8 @@ void add_run_commands(CLI::App& app, Common& common) {
         fail("peer", Error(Code::kInvalidArgument, "--listen is required when peers.addresses is empty"));
       a.listen = cfg->peers.addresses[static_cast<size_t>(po->id)];
     }
-    a.seeds = po->seeds.empty() ? cfg->peers.addresses : split(po->seeds);
-    a.peers = po->peers.empty() ? cfg->peers.addresses : split(po->peers);
+    a.seeds = po->seeds.empty() ? cfg->peers.addresses : runtime::split_list(po->seeds);
+    a.peers = po->peers.empty() ? cfg->peers.addresses : runtime::split_list(po->peers);
     if ((cfg->protocol.name == "dpsgd" || cfg->protocol.name == "fedavg") &&
         static_cast<int>(a.peers.size()) != cfg->peers.count)
       fail("peer", Error(Code::kInvalidArgument, cfg->protocol.name + " needs every peer's address: --peers or "

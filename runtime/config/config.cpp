@@ -226,18 +226,6 @@ Status walk(const YAML::Node& node, const std::string& prefix, std::string_view 
   return Ok();
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start < s.size()) {
-    size_t c = s.find(',', start);
-    if (c == std::string::npos) c = s.size();
-    if (c > start) out.push_back(s.substr(start, c - start));
-    start = c + 1;
-  }
-  return out;
-}
-
 Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::string_view source) {
   auto I = [&](const char* k) { return std::stoll(values.at(k)); };
   auto F = [&](const char* k) { return std::stod(values.at(k)); };
@@ -302,6 +290,18 @@ std::map<std::string, std::string> defaults() {
 }
 
 }  // namespace
+
+std::vector<std::string> split_list(std::string_view text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t c = text.find(',', start);
+    if (c == std::string_view::npos) c = text.size();
+    if (c > start) out.emplace_back(text.substr(start, c - start));
+    start = c + 1;
+  }
+  return out;
+}
 
 std::string_view key_type_name(KeyType t) {
   switch (t) {

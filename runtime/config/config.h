@@ -92,6 +92,9 @@ Result<ExperimentConfig> load_config(const std::string& path);
 // Applies "key=value" overrides (the command line's --set) on top of a parsed config's values.
 Result<ExperimentConfig> apply_overrides(const ExperimentConfig& base,
                                          const std::vector<std::string>& overrides);
+// "a,b,,c" -> {"a", "b", "c"}: the list form of peers.addresses and of --seeds / --peers.
+std::vector<std::string> split_list(std::string_view text);
+
 // Validates a parameter set against the schema's ranges (for replacements at run time).
 Status validate(const RuntimeParams& p);
 

@@ -32,6 +32,7 @@ class Dpsgd final : public Protocol {
 
   void tick(double now, std::vector<Action>& out) override {
     if (now + 1e-9 >= deadline_) {
+      ++stats_.rounds_timed_out;
       for (auto& [j, m] : misses_)
         if (!got_.count(j)) ++m;
       advance(now, out);
@@ -56,7 +57,7 @@ class Dpsgd final : public Protocol {
     if (msg.age > round_ + 1) {
       // We fell behind (started late, or were cut off): jump to the sender's round rather than
       // replay rounds whose models are gone.
-      ++stats_.no_peer;
+      stats_.rounds_skipped += msg.age - 1 - round_;
       round_ = msg.age - 1;
       advance(now, out);
     }

@@ -33,7 +33,7 @@ class FedAvg final : public Protocol {
 
   void tick(double now, std::vector<Action>& out) override {
     if (server() && now + 1e-9 >= deadline_) {
-      ++stats_.no_peer;  // a round that timed out
+      ++stats_.rounds_timed_out;
       end_round(now, out);
     }
     if (server()) out.push_back(SetTimer{deadline_});

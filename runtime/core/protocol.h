@@ -82,7 +82,10 @@ using Action = std::variant<SendModel, SendView, MergeModel, Drop, Train, SetTim
 struct ProtocolStats {
   uint64_t wakeups = 0;  // gossip periods elapsed
   uint64_t models_sent = 0, models_received = 0, merges = 0, train_steps = 0;
-  uint64_t shuffles = 0, peers_down = 0, no_peer = 0;
+  uint64_t shuffles = 0, peers_down = 0;
+  uint64_t no_peer = 0;            // gossip wake-ups with nobody in the view to send to
+  uint64_t rounds_timed_out = 0;   // D-PSGD / FedAvg rounds ended by their deadline
+  uint64_t rounds_skipped = 0;     // D-PSGD rounds jumped over to catch up with neighbours
 };
 
 class Protocol {

@@ -97,8 +97,7 @@ class LivePeer {
   uint64_t next_handle_ = 0;
   std::mutex out_mu_;
   std::deque<std::pair<std::string, std::vector<uint8_t>>> outbox_;
-  uint64_t seq_ = 0;                      // loop thread: frame sequence numbers
-  std::atomic<uint64_t> encodes_{0};      // worker: randk seeds
+  std::atomic<uint64_t> seq_{0};  // frame sequence numbers (loop and worker both send)
   Clock::time_point t0_ = Clock::now();
   FILE* csv_ = nullptr;
   std::atomic<double> last_acc_{0}, last_loss_{0};
@@ -245,9 +244,10 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
   // With partitioned subsampling only slice `part` goes out (its residual slice with it).
   const size_t off = slice_begin(part), len = slice_begin(part + 1) - off;
   if (residual) residual += off;
+  const uint64_t seq = ++seq_;
   std::vector<uint8_t> payload;
   auto hdr = enc_->encode(*spec, model_->params().data() + off, len, residual,
-                          (static_cast<uint64_t>(args_.id) << 40) ^ ++encodes_,
+                          (static_cast<uint64_t>(args_.id) << 40) ^ seq,  // randk index seed
                           &payload);
   if (!hdr) {
     MYCEL_LOG_WARN("runtime", "not sending the model: {}", hdr.status().to_string());
@@ -257,6 +257,7 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
   h.type = tp::MessageType::kModel;
   h.flags = kind == MsgKind::kModelReply ? tp::kFlagReply : 0;
   h.sender_id = static_cast<uint64_t>(args_.id);
+  h.seq = seq;
   h.model_age = age;
   h.model_version = partitions_ > 1 ? part : version;
   h.codec = static_cast<uint8_t>(spec->id);
