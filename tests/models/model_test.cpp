@@ -12,6 +12,7 @@
 
 #include "kernels/train_ops.h"
 #include "models/data/dataset.h"
+#include "tests/models/data_test_util.h"
 #include "models/optim.h"
 #include "models/trainer.h"
 
@@ -307,6 +308,7 @@ TEST(Training, LossFallsOnSeparableSyntheticData) {
 // A small real subset when the data set is present (scripts/fetch-data.sh puts it in data/).
 TEST(Training, LossFallsOnRealPendigitsSubset) {
   data::LoadOptions opt;
+  opt.dir = data::testing_util::real_data_dir();  // ctest runs in the build folder, not the source tree
   opt.max_train = 1000;
   opt.max_test = 500;
   auto split = data::load("pendigits", opt);
