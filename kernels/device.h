@@ -53,6 +53,13 @@ class Device {
   virtual Status memset(void* dst, int value, size_t bytes, Stream* s = nullptr) = 0;
   virtual Status sync(Stream* s = nullptr) = 0;       // wait for the stream's work
 
+  // Completion marks, for callers that must not wait (the transport's staging copies):
+  // record() marks the current end of stream s; query() says, without waiting, whether the
+  // work before the mark has finished. A mark found finished (or failed: an error) is spent.
+  // On the CPU, work is done when its call returns, so every mark is finished.
+  virtual Result<uint64_t> record(Stream* s = nullptr) = 0;
+  virtual Result<bool> query(uint64_t mark) = 0;
+
   // CPU device: its pool. CUDA device: nullptr.
   virtual ThreadPool* pool() { return nullptr; }
 };

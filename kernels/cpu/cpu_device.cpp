@@ -1,3 +1,4 @@
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -64,12 +65,20 @@ class CpuDevice final : public Device {
     return Ok();
   }
   Status sync(Stream*) override { return Ok(); }
+  Result<uint64_t> record(Stream*) override { return next_mark_.fetch_add(1); }
+  Result<bool> query(uint64_t mark) override {
+    if (mark == 0 || mark >= next_mark_.load()) {
+      return Error(Code::kNotFound, "unknown completion mark");
+    }
+    return true;  // CPU work is done when its call returns
+  }
   ThreadPool* pool() override { return pool_; }
 
  private:
   std::unique_ptr<ThreadPool> own_pool_;
   ThreadPool* pool_;
   CpuStream stream_;
+  std::atomic<uint64_t> next_mark_{1};
 };
 
 }  // namespace

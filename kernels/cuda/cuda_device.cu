@@ -1,7 +1,10 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "common/log.h"
 #include "kernels/cuda/cuda_check.h"
@@ -98,7 +101,50 @@ class CudaDevice final : public Device {
     return Ok();
   }
 
+  Result<uint64_t> record(Stream* s) override {
+    std::lock_guard lock(mu_);
+    cudaEvent_t ev = nullptr;
+    if (!free_events_.empty()) {
+      ev = free_events_.back();
+      free_events_.pop_back();
+    } else {
+      cudaSetDevice(ordinal_);
+      MYCEL_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    }
+    cudaError_t e = cudaEventRecord(ev, MYCEL_CUDA_STREAM(*this, s));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      free_events_.push_back(ev);
+      return Error(Code::kInternal, std::string("cudaEventRecord: ") + cudaGetErrorString(e));
+    }
+    uint64_t mark = next_mark_++;
+    marks_[mark] = ev;
+    return mark;
+  }
+  Result<bool> query(uint64_t mark) override {
+    std::lock_guard lock(mu_);
+    auto it = marks_.find(mark);
+    if (it == marks_.end()) return Error(Code::kNotFound, "unknown completion mark");
+    cudaError_t e = cudaEventQuery(it->second);
+    if (e == cudaErrorNotReady) return false;
+    free_events_.push_back(it->second);
+    marks_.erase(it);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return Error(Code::kInternal, std::string("cudaEventQuery: ") + cudaGetErrorString(e));
+    }
+    return true;
+  }
+  ~CudaDevice() override {
+    for (auto& [m, ev] : marks_) cudaEventDestroy(ev);
+    for (cudaEvent_t ev : free_events_) cudaEventDestroy(ev);
+  }
+
  private:
+  std::mutex mu_;  // the marks: recorded by one thread, queried by another
+  uint64_t next_mark_ = 1;
+  std::unordered_map<uint64_t, cudaEvent_t> marks_;
+  std::vector<cudaEvent_t> free_events_;
   int ordinal_;
   CudaStream stream_;
   cudaDeviceProp prop_;
