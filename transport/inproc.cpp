@@ -376,7 +376,10 @@ class Registry {
 
 class InprocTransport final : public Transport {
  public:
-  explicit InprocTransport(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+  InprocTransport(std::shared_ptr<Core> core, std::shared_ptr<const DeviceMemoryOps> ops)
+      : core_(std::move(core)) {
+    device_ops_ = std::move(ops);
+  }
   ~InprocTransport() override { close(); }
 
   Address local_address() const override { return core_->addr(); }
@@ -446,7 +449,8 @@ Result<std::unique_ptr<Transport>> make_inproc_transport(std::string_view listen
     return Error(Code::kUnavailable, fmt::format("inproc://{} is already in use", name));
   }
   MYCEL_LOG_DEBUG("transport", "inproc transport listening at {}", core->addr());
-  return std::unique_ptr<Transport>(std::make_unique<InprocTransport>(std::move(core)));
+  return std::unique_ptr<Transport>(
+      std::make_unique<InprocTransport>(std::move(core), opt.device_ops));
 }
 
 }  // namespace mycel::transport

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "transport/memory.h"
 
 namespace mycel::transport {
 
@@ -51,6 +52,11 @@ struct Options {
   double connect_timeout_s = 5.0;
   double reconnect_backoff_min_s = 0.1;            // exponential backoff with jitter
   double reconnect_backoff_max_s = 10.0;
+  // Device memory (send_region from a kCuda region) where the network cannot read it: how to
+  // copy it out (null: such sends are refused with kUnavailable), and the most page-locked
+  // host memory the transport keeps for staging (one larger frame may go when none is in use).
+  std::shared_ptr<const DeviceMemoryOps> device_ops;
+  size_t max_staging_bytes = size_t(256) << 20;
 };
 
 // Per-peer statistics, read by the scheduler and metrics.
@@ -87,6 +93,25 @@ class Transport {
   virtual void close() = 0;
 
   virtual std::vector<PeerStats> stats() const = 0;
+
+  // Registered memory (transport/memory.h). register_memory makes [base, base + bytes) of
+  // host or CUDA memory a region; send_region sends the frame at [offset, offset + bytes)
+  // of a region as send() would (same ordering, budget, events; the events carry no bytes),
+  // reading it in place: the caller keeps those bytes alive and unchanged until the send's
+  // kSendComplete / kSendFailed. deregister_memory is kNoResource while sends read the region.
+  // The defaults here copy the range into a vector and send() it (device memory through
+  // Options::device_ops, waiting for the copy); ucx overrides them with ucp_mem_map, sends
+  // from the registered memory, and stages device memory without blocking.
+  virtual Result<MemoryRegion> register_memory(void* base, size_t bytes,
+                                               MemoryType type = MemoryType::kHost);
+  virtual Status deregister_memory(const MemoryRegion& r);
+  virtual Status send_region(const Address& peer, const MemoryRegion& r, size_t offset,
+                             size_t bytes, uint64_t* token);
+
+ protected:
+  // Set by implementations from Options::device_ops; used by the default send_region.
+  std::shared_ptr<const DeviceMemoryOps> device_ops_;
+  RegionRegistry regions_;
 };
 
 // Creates a transport listening at `listen` ("ucx://0.0.0.0:PORT", "ucx://127.0.0.1:0" for

@@ -10,6 +10,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -485,6 +487,305 @@ TEST_P(TransportSuite, BadAddressesAreErrors) {
   EXPECT_FALSE(a->send("", make_frame(6, 0, 1), &tok).is_ok());
   EXPECT_FALSE(a->send("carrier-pigeon://x", make_frame(6, 0, 1), &tok).is_ok());
   EXPECT_EQ(make_transport("carrier-pigeon://x").status().code(), Code::kInvalidArgument);
+}
+
+// --- registered memory and device staging ----------------------------------------------------
+
+// DeviceMemoryOps over ordinary host memory standing in for a GPU's: copies finish only after
+// `polls` calls of copy_done (as an asynchronous DMA would), a chosen copy fails, and every
+// pinned buffer is counted, so the staging path is tested where no GPU is.
+struct FakeDevice {
+  int polls = 3;
+  uint64_t fail_ticket = 0;  // this copy's copy_done reports an error
+  std::atomic<int> pinned_live{0}, pinned_allocs{0}, copies{0};
+  std::map<uint64_t, int> pending;  // ticket -> polls left
+  uint64_t next = 1;
+
+  std::shared_ptr<const DeviceMemoryOps> ops() {
+    auto o = std::make_shared<DeviceMemoryOps>();
+    o->alloc_pinned = [this](size_t n) -> Result<void*> {
+      pinned_live++;
+      pinned_allocs++;
+      return std::malloc(n);
+    };
+    o->free_pinned = [this](void* p) {
+      pinned_live--;
+      std::free(p);
+    };
+    o->copy_to_host = [this](void* dst, const void* src, size_t n) -> Result<uint64_t> {
+      std::memcpy(dst, src, n);
+      copies++;
+      pending[next] = polls;
+      return next++;
+    };
+    o->copy_done = [this](uint64_t t) -> Result<bool> {
+      auto it = pending.find(t);
+      if (it == pending.end()) return Error(Code::kNotFound, "unknown ticket");
+      if (it->second-- > 0) return false;
+      pending.erase(it);
+      if (t == fail_ticket) return Error(Code::kInternal, "simulated copy failure");
+      return true;
+    };
+    return o;
+  }
+};
+
+// Frames laid end to end in one buffer, each at a 64-byte aligned offset.
+struct FrameBlock {
+  std::vector<uint8_t> buf;
+  std::vector<std::pair<size_t, size_t>> at;  // (offset, bytes)
+  FrameBlock(uint64_t sender, uint64_t first_seq, const std::vector<size_t>& payloads) {
+    size_t total = 0;
+    for (size_t n : payloads) total += (n + kFrameHeaderBytes + 63) / 64 * 64;
+    buf.resize(total);
+    size_t off = 0;
+    uint64_t seq = first_seq;
+    for (size_t n : payloads) {
+      auto f = make_frame(sender, seq++, n);
+      std::memcpy(buf.data() + off, f.data(), f.size());
+      at.emplace_back(off, f.size());
+      off += (f.size() + 63) / 64 * 64;
+    }
+  }
+};
+
+TEST_P(TransportSuite, RegionSendsArriveIntactAndInOrderWithOrdinarySends) {
+  for (MemoryType type : {MemoryType::kHost, MemoryType::kCuda}) {
+    SCOPED_TRACE(std::string(memory_type_name(type)));
+    FakeDevice dev;
+    Options opt;
+    opt.device_ops = dev.ops();
+    auto a = make(opt), b = make();
+    ASSERT_TRUE(a && b);
+    const std::vector<size_t> sizes = {0, 1, 4096, 1 << 20, 3 << 20};
+    FrameBlock blk(3, 0, sizes);
+    auto reg = a->register_memory(blk.buf.data(), blk.buf.size(), type);
+    ASSERT_TRUE(reg.is_ok()) << reg.status().to_string();
+    std::vector<FrameHeader> got;
+    std::map<uint64_t, int> done;
+    int failed = 0;
+    auto sink = [&](size_t i, Event& e) {
+      if (i == 1 && e.kind == EventKind::kFrame) {
+        FrameHeader h;
+        EXPECT_TRUE(check_frame(e.frame.bytes, &h));
+        got.push_back(h);
+      }
+      if (i == 0 && e.kind == EventKind::kSendComplete) ++done[e.token];
+      if (e.kind == EventKind::kSendFailed) ++failed;
+    };
+    // Alternate: region frame k (seq 2k), then an ordinary frame (seq 2k + 1).
+    uint64_t seq = 0;
+    std::vector<uint64_t> tokens;
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      uint64_t tok = 0;
+      FrameBlock one(3, seq, {sizes[k]});
+      std::memcpy(blk.buf.data() + blk.at[k].first, one.buf.data(), one.at[0].second);
+      ASSERT_TRUE(a->send_region(b->local_address(), *reg, blk.at[k].first, blk.at[k].second,
+                                 &tok)
+                      .is_ok());
+      tokens.push_back(tok);
+      ASSERT_TRUE(a->send(b->local_address(), make_frame(3, seq + 1, 100), &tok).is_ok());
+      tokens.push_back(tok);
+      seq += 2;
+    }
+    ASSERT_TRUE(pump({a.get(), b.get()}, sink,
+                     [&] { return got.size() == seq && done.size() == seq; }))
+        << "got " << got.size() << ", completed " << done.size();
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].seq, i) << "out of order";
+    for (uint64_t t : tokens) EXPECT_EQ(done[t], 1);
+    EXPECT_EQ(failed, 0);
+    // Every send finished, so the region can go; then it is unknown.
+    EXPECT_TRUE(a->deregister_memory(*reg).is_ok());
+    EXPECT_EQ(a->deregister_memory(*reg).code(), Code::kNotFound);
+    uint64_t tok = 0;
+    EXPECT_EQ(a->send_region(b->local_address(), *reg, 0, 64, &tok).code(), Code::kNotFound);
+    if (type == MemoryType::kCuda) {
+      EXPECT_EQ(dev.copies.load(), int(sizes.size())) << "one staging copy per frame";
+    }
+    a.reset();
+    EXPECT_EQ(dev.pinned_live.load(), 0) << "staging buffers outlive the transport";
+  }
+}
+
+TEST_P(TransportSuite, BadRegionsAreErrors) {
+  auto a = make(), b = make();
+  ASSERT_TRUE(a && b);
+  std::vector<uint8_t> buf(4096);
+  EXPECT_EQ(a->register_memory(nullptr, 10).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(a->register_memory(buf.data(), 0).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(a->register_memory(buf.data(), buf.size(), MemoryType::kCuda).status().code(),
+            Code::kUnavailable)
+      << "device memory without DeviceMemoryOps";
+  auto reg = a->register_memory(buf.data(), buf.size());
+  ASSERT_TRUE(reg.is_ok());
+  uint64_t tok = 0;
+  const Address to = b->local_address();
+  EXPECT_EQ(a->send_region(to, *reg, 4000, 200, &tok).code(), Code::kOutOfRange);
+  EXPECT_EQ(a->send_region(to, *reg, 5000, 0, &tok).code(), Code::kOutOfRange);
+  EXPECT_EQ(a->send_region(to, *reg, SIZE_MAX, 2, &tok).code(), Code::kOutOfRange);
+  MemoryRegion forged = *reg;
+  forged.bytes *= 2;
+  EXPECT_EQ(a->send_region(to, forged, 0, 8000, &tok).code(), Code::kNotFound);
+  forged = *reg;
+  forged.id += 100;
+  EXPECT_EQ(a->send_region(to, forged, 0, 64, &tok).code(), Code::kNotFound);
+  EXPECT_EQ(b->deregister_memory(*reg).code(), Code::kNotFound) << "another transport's region";
+  EXPECT_TRUE(a->deregister_memory(*reg).is_ok());
+}
+
+// What only ucx does with regions: it reads them in place (so a region is busy until its
+// sends complete) and stages device memory without blocking (bounded pinned memory, copies
+// polled, a failed copy skipped on the wire).
+class UcxRegions : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!kHaveUcx) GTEST_SKIP() << "built without UCX (libucx-dev not found at configure time)";
+  }
+  static std::unique_ptr<Transport> make(Options opt = {}) {
+    auto r = make_transport("ucx://127.0.0.1:0", opt);
+    EXPECT_TRUE(r.is_ok()) << r.status().to_string();
+    return r.is_ok() ? std::move(r).value() : nullptr;
+  }
+};
+
+TEST_F(UcxRegions, ARegionIsNotDeregisteredUnderASend) {
+  auto a = make(), b = make();
+  ASSERT_TRUE(a && b);
+  FrameBlock blk(4, 0, {16 << 20});  // rendezvous: completes only when b has pulled it
+  auto reg = a->register_memory(blk.buf.data(), blk.buf.size());
+  ASSERT_TRUE(reg.is_ok()) << reg.status().to_string();
+  uint64_t tok = 0;
+  ASSERT_TRUE(a->send_region(b->local_address(), *reg, 0, blk.at[0].second, &tok).is_ok());
+  for (int i = 0; i < 5; ++i) a->poll(0.002);
+  EXPECT_EQ(a->deregister_memory(*reg).code(), Code::kNoResource);
+  bool got = false, done = false;
+  auto sink = [&](size_t i, Event& e) {
+    if (i == 1 && e.kind == EventKind::kFrame) {
+      FrameHeader h;
+      EXPECT_TRUE(check_frame(e.frame.bytes, &h));
+      got = true;
+    }
+    if (i == 0 && e.kind == EventKind::kSendComplete && e.token == tok) done = true;
+    EXPECT_NE(e.kind, EventKind::kSendFailed) << e.status.to_string();
+  };
+  ASSERT_TRUE(pump({a.get(), b.get()}, sink, [&] { return got && done; }));
+  EXPECT_TRUE(a->deregister_memory(*reg).is_ok());
+}
+
+TEST_F(UcxRegions, StagingMemoryIsBoundedAndReused) {
+  FakeDevice dev;
+  dev.polls = 1 << 30;  // copies hang until released below
+  Options opt;
+  opt.device_ops = dev.ops();
+  opt.max_staging_bytes = size_t(8) << 20;
+  auto a = make(opt), b = make();
+  ASSERT_TRUE(a && b);
+  const size_t payload = (size_t(3) << 20) + 1000;  // one 4 MiB staging buffer each
+  FrameBlock blk(5, 0, {payload, payload, payload});
+  auto reg = a->register_memory(blk.buf.data(), blk.buf.size(), MemoryType::kCuda);
+  ASSERT_TRUE(reg.is_ok()) << reg.status().to_string();
+  const Address to = b->local_address();
+  uint64_t tok = 0;
+  ASSERT_TRUE(a->send_region(to, *reg, blk.at[0].first, blk.at[0].second, &tok).is_ok());
+  ASSERT_TRUE(a->send_region(to, *reg, blk.at[1].first, blk.at[1].second, &tok).is_ok());
+  Status full = a->send_region(to, *reg, blk.at[2].first, blk.at[2].second, &tok);
+  EXPECT_EQ(full.code(), Code::kNoResource) << full.to_string();
+  EXPECT_EQ(dev.pinned_allocs.load(), 2);
+  for (int i = 0; i < 20; ++i) a->poll(0.001);  // copies unfinished: nothing may go out
+  for (auto& [t, left] : dev.pending) left = 0;
+  std::vector<uint64_t> seqs;
+  int completed = 0;
+  auto sink = [&](size_t i, Event& e) {
+    if (i == 1 && e.kind == EventKind::kFrame) {
+      FrameHeader h;
+      EXPECT_TRUE(check_frame(e.frame.bytes, &h));
+      seqs.push_back(h.seq);
+    }
+    completed += i == 0 && e.kind == EventKind::kSendComplete;
+    EXPECT_NE(e.kind, EventKind::kSendFailed) << e.status.to_string();
+  };
+  ASSERT_TRUE(pump({a.get(), b.get()}, sink, [&] { return completed == 2 && seqs.size() == 2; }));
+  dev.polls = 0;
+  ASSERT_TRUE(a->send_region(to, *reg, blk.at[2].first, blk.at[2].second, &tok).is_ok());
+  ASSERT_TRUE(pump({a.get(), b.get()}, sink, [&] { return completed == 3 && seqs.size() == 3; }));
+  EXPECT_EQ(seqs, (std::vector<uint64_t>{0, 1, 2}));
+  EXPECT_EQ(dev.pinned_allocs.load(), 2) << "a free staging buffer is reused";
+  EXPECT_TRUE(a->deregister_memory(*reg).is_ok());
+  a.reset();
+  EXPECT_EQ(dev.pinned_live.load(), 0);
+}
+
+TEST_F(UcxRegions, AFailedStagingCopyFailsItsSendOnlyAndLaterFramesStillArrive) {
+  FakeDevice dev;
+  Options opt;
+  opt.device_ops = dev.ops();
+  auto a = make(opt), b = make();
+  ASSERT_TRUE(a && b);
+  FrameBlock blk(6, 0, {1000, 1000, 1000});
+  auto reg = a->register_memory(blk.buf.data(), blk.buf.size(), MemoryType::kCuda);
+  ASSERT_TRUE(reg.is_ok());
+  const Address to = b->local_address();
+  std::vector<uint64_t> toks(3);
+  dev.fail_ticket = 2;  // the second frame's copy
+  for (int k = 0; k < 3; ++k) {
+    ASSERT_TRUE(a->send_region(to, *reg, blk.at[k].first, blk.at[k].second, &toks[k]).is_ok());
+  }
+  // And an ordinary frame after them, on the same connection.
+  ASSERT_TRUE(a->send(to, make_frame(6, 3, 10), nullptr).is_ok());
+  std::vector<uint64_t> seqs;
+  int completed = 0, failed = 0, down = 0;
+  auto sink = [&](size_t i, Event& e) {
+    if (i == 1 && e.kind == EventKind::kFrame) {
+      FrameHeader h;
+      EXPECT_TRUE(check_frame(e.frame.bytes, &h));
+      seqs.push_back(h.seq);
+    }
+    completed += i == 0 && e.kind == EventKind::kSendComplete;
+    if (e.kind == EventKind::kSendFailed) {
+      ++failed;
+      EXPECT_EQ(e.token, toks[1]);
+      EXPECT_EQ(e.status.code(), Code::kInternal) << e.status.to_string();
+    }
+    down += e.kind == EventKind::kPeerDown;
+  };
+  ASSERT_TRUE(pump({a.get(), b.get()}, sink, [&] { return completed == 3 && seqs.size() == 3; }))
+      << "completed " << completed << ", received " << seqs.size();
+  for (int i = 0; i < 10; ++i) {
+    a->poll(0.001);
+    b->poll(0.001);
+  }
+  EXPECT_EQ(seqs, (std::vector<uint64_t>{0, 2, 3}));
+  EXPECT_EQ(failed, 1);
+  EXPECT_EQ(down, 0) << "a local copy failure is not the link's";
+}
+
+TEST_F(UcxRegions, AReceiverDyingWhileFramesAreStagedFailsThemAndFreesTheBuffers) {
+  FakeDevice dev;
+  dev.polls = 50;
+  Options opt;
+  opt.device_ops = dev.ops();
+  opt.send_timeout_s = 5;
+  auto a = make(opt), b = make();
+  ASSERT_TRUE(a && b);
+  const Address to = b->local_address();
+  ASSERT_TRUE(a->send(to, make_frame(7, 0, 10), nullptr).is_ok());
+  bool up = false;
+  ASSERT_TRUE(pump({a.get(), b.get()}, [&](size_t i, Event& e) {
+    up |= i == 0 && e.kind == EventKind::kPeerUp;
+  }, [&] { return up; }));
+  FrameBlock blk(7, 1, {1 << 20, 1 << 20});
+  auto reg = a->register_memory(blk.buf.data(), blk.buf.size(), MemoryType::kCuda);
+  ASSERT_TRUE(reg.is_ok());
+  for (int k = 0; k < 2; ++k) {
+    ASSERT_TRUE(a->send_region(to, *reg, blk.at[k].first, blk.at[k].second, nullptr).is_ok());
+  }
+  b.reset();  // gone before the copies finish
+  int failed = 0;
+  ASSERT_TRUE(pump({a.get()}, [&](size_t, Event& e) { failed += e.kind == EventKind::kSendFailed; },
+                   [&] { return failed == 2; }, 20));
+  EXPECT_TRUE(a->deregister_memory(*reg).is_ok());
+  a.reset();
+  EXPECT_EQ(dev.pinned_live.load(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, TransportSuite, ::testing::Values("inproc", "ucx"),

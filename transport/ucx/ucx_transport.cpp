@@ -61,7 +61,9 @@ double busy_wait_s() {
   return v;
 }
 
-enum class MsgType : uint8_t { kHello = 1, kData = 2, kPing = 3, kPong = 4, kBye = 5 };
+// kSkip: the frame with this seq will not come (its device-to-host staging copy failed); the
+// receiver moves past it rather than wait.
+enum class MsgType : uint8_t { kHello = 1, kData = 2, kPing = 3, kPong = 4, kBye = 5, kSkip = 6 };
 
 struct WireHeader {
   uint32_t magic = kWireMagic;
@@ -168,6 +170,13 @@ struct Peer {
   double last_ping = 0;
 };
 
+// A page-locked host buffer for staging device memory, registered with ucp_mem_map.
+struct Staging {
+  void* host = nullptr;
+  size_t cap = 0;
+  ucp_mem_h memh = nullptr;
+};
+
 struct SendOp {
   UcxTransport* t = nullptr;
   Conn* conn = nullptr;
@@ -175,7 +184,16 @@ struct SendOp {
   uint64_t token = 0;
   MsgType type = MsgType::kData;
   WireHeader hdr;  // UCP reads the AM header until completion
-  std::vector<uint8_t> bytes;
+  std::vector<uint8_t> bytes;  // owned bytes (send()); empty for send_region
+  const void* data = nullptr;  // what goes on the wire: bytes, a region's range or a staging
+  size_t len = 0;              // buffer
+  ucp_mem_h memh = nullptr;    // registered memory (send_region): UCP skips registration
+  ucs_memory_type_t mem_type = UCS_MEMORY_TYPE_HOST;
+  uint64_t region = 0;         // the region this send reads (released at completion)
+  Staging* stage = nullptr;    // device memory staged through this buffer
+  uint64_t ticket = 0;         // its device-to-host copy
+  bool staging = false;        // the copy is not finished: not yet handed to UCP
+  Status local_fail;           // a local failure (the staging copy), not the link's
   double start = 0;
   double deadline = 0;
   bool timed_out = false;
@@ -189,7 +207,9 @@ struct RecvOp {
 
 class UcxTransport final : public Transport {
  public:
-  explicit UcxTransport(const Options& opt) : opt_(opt), rng_(std::random_device{}()) {}
+  explicit UcxTransport(const Options& opt) : opt_(opt), rng_(std::random_device{}()) {
+    device_ops_ = opt.device_ops;
+  }
   ~UcxTransport() override { shutdown(); }
 
   Status init(std::string_view listen);
@@ -200,6 +220,11 @@ class UcxTransport final : public Transport {
   void disconnect(const Address& peer) override;
   void close() override;
   std::vector<PeerStats> stats() const override;
+  Result<MemoryRegion> register_memory(void* base, size_t bytes, MemoryType type) override;
+  Status deregister_memory(const MemoryRegion& r) override;
+  Status send_region(const Address& peer, const MemoryRegion& r, size_t offset, size_t bytes,
+                     uint64_t* token) override;
+  bool cuda_direct() const { return cuda_direct_; }
 
   Result<std::string> describe(const Address& peer);
   void set_buffer_reuse(bool return_sent, size_t pool_bytes) {
@@ -231,8 +256,21 @@ class UcxTransport final : public Transport {
  private:
   Peer* peer_for(const Address& a);
   Status connect(Peer* p);
+  // The checks send() and send_region() share (closed, address, size, budget), then the
+  // peer's endpoint, connecting on first use.
+  Result<Conn*> ready_conn(const Address& peer, size_t bytes);
   Result<uint64_t> post(Conn* c, MsgType type, uint64_t seq, std::vector<uint8_t> bytes,
                        uint64_t stamp, double timeout_s);
+  // new_op makes a send and counts it (live, deadline, pending, in flight) once data/len are
+  // set by the caller through track(); launch hands it to UCP (or undoes it on error).
+  SendOp* new_op(Conn* c, MsgType type, uint64_t seq, uint64_t stamp, double timeout_s);
+  void track(SendOp* op);
+  void untrack(SendOp* op);
+  Result<uint64_t> launch(SendOp* op);
+  void end_op(SendOp* op);  // releases the region and staging buffer a send held
+  Result<Staging*> acquire_stage(size_t bytes);
+  void free_stage(Staging* st);
+  void advance_staging();
   void progress();
   void handle_deferred();
   // Closes c: forced (outstanding requests cancelled) after an error, or graceful (flushes,
@@ -281,6 +319,10 @@ class UcxTransport final : public Transport {
   bool return_sent_ = false;
   size_t pool_limit_ = 0, pool_bytes_ = 0;
   std::multimap<size_t, std::vector<uint8_t>> pool_;  // by size: shrinking costs nothing
+  bool cuda_direct_ = false;  // this UCX reads CUDA memory itself (built with cuda support)
+  std::vector<uint64_t> staging_;      // tokens of sends whose staging copy is not finished
+  std::vector<Staging*> stage_free_;   // staging buffers not in use
+  size_t stage_total_ = 0, stage_used_ = 0;  // bytes of staging buffers: allocated, in use
 };
 
 // --- UCP trampolines -------------------------------------------------------------------------
@@ -331,6 +373,16 @@ Status UcxTransport::init(std::string_view listen) {
   s = ucp_init(&params, cfg, &ctx_);
   ucp_config_release(cfg);
   if (s != UCS_OK) return ucs_error(Code::kUnavailable, "ucp_init", s);
+  // Device memory goes to UCP as it is where this UCX was built with CUDA support (Grid'5000's
+  // may be); otherwise send_region stages it through page-locked host buffers.
+  ucp_context_attr_t ca{};
+  ca.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+  if (ucp_context_query(ctx_, &ca) == UCS_OK) {
+    cuda_direct_ = (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+  }
+  if (const char* e = std::getenv("MYCEL_UCX_STAGE_CUDA"); e != nullptr && e[0] == '1') {
+    cuda_direct_ = false;  // for comparing the two paths where both exist
+  }
 
   ucp_worker_params_t wp{};
   wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
@@ -385,7 +437,7 @@ void UcxTransport::shutdown() {
     double until = now_s() + 2.0;
     while (now_s() < until) {
       progress();
-      bool busy = false;
+      bool busy = !staging_.empty();
       for (auto& [id, c] : conns_) busy |= c->close_req != nullptr || c->pending_ops > 0;
       if (!busy) break;
     }
@@ -393,8 +445,19 @@ void UcxTransport::shutdown() {
       if (c->close_req != nullptr) ucp_request_free(c->close_req);
       c->close_req = nullptr;
     }
-    for (auto& [tok, op] : live_sends_) delete op;  // UCP never completed them
+    for (auto& [tok, op] : live_sends_) {
+      // UCP never completed them. A staging buffer whose copy has not finished is leaked
+      // rather than freed under the copy.
+      if (op->stage != nullptr && !op->staging) free_stage(op->stage);
+      delete op;
+    }
     live_sends_.clear();
+    staging_.clear();
+    for (Staging* st : stage_free_) free_stage(st);
+    stage_free_.clear();
+    for (void* memh : regions_.clear()) {
+      if (memh != nullptr) ucp_mem_unmap(ctx_, static_cast<ucp_mem_h>(memh));
+    }
     ucp_worker_destroy(worker_);
     worker_ = nullptr;
   }
@@ -459,9 +522,8 @@ Status UcxTransport::connect(Peer* p) {
   return Ok();
 }
 
-Result<uint64_t> UcxTransport::post(Conn* c, MsgType type, uint64_t seq,
-                                   std::vector<uint8_t> bytes, uint64_t stamp,
-                                   double timeout_s) {
+SendOp* UcxTransport::new_op(Conn* c, MsgType type, uint64_t seq, uint64_t stamp,
+                             double timeout_s) {
   auto* op = new SendOp;
   op->t = this;
   op->conn = c;
@@ -471,28 +533,56 @@ Result<uint64_t> UcxTransport::post(Conn* c, MsgType type, uint64_t seq,
   op->hdr.type = uint8_t(type);
   op->hdr.seq = seq;
   op->hdr.stamp = stamp;
-  op->bytes = std::move(bytes);
   op->start = now_s();
+  op->deadline = op->start + timeout_s;
+  return op;
+}
+
+void UcxTransport::track(SendOp* op) {
+  live_sends_[op->token] = op;
+  deadlines_.emplace(op->deadline, op->token);
+  op->conn->pending_ops++;
+  if (op->type == MsgType::kData && op->peer != nullptr) op->peer->st.inflight_bytes += op->len;
+}
+
+void UcxTransport::untrack(SendOp* op) {
+  live_sends_.erase(op->token);
+  deadlines_.erase({op->deadline, op->token});
+  op->conn->pending_ops--;
+  if (op->type == MsgType::kData && op->peer != nullptr) op->peer->st.inflight_bytes -= op->len;
+}
+
+void UcxTransport::end_op(SendOp* op) {
+  if (op->region != 0) regions_.release(op->region);
+  op->region = 0;
+  if (op->stage != nullptr) {
+    stage_used_ -= op->stage->cap;
+    stage_free_.push_back(op->stage);
+    op->stage = nullptr;
+  }
+}
+
+Result<uint64_t> UcxTransport::launch(SendOp* op) {
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_FLAGS;
   rp.cb.send = send_cb;
   rp.user_data = op;
   rp.flags = UCP_AM_SEND_FLAG_REPLY;  // the receiver learns which endpoint it came on
-  live_sends_[op->token] = op;
-  c->pending_ops++;
-  if (type == MsgType::kData && op->peer != nullptr) op->peer->st.inflight_bytes += op->bytes.size();
-  op->deadline = op->start + timeout_s;
-  deadlines_.emplace(op->deadline, op->token);
-  ucs_status_ptr_t r = ucp_am_send_nbx(c->ep, kAmId, &op->hdr, sizeof op->hdr,
-                                       op->bytes.empty() ? nullptr : op->bytes.data(),
-                                       op->bytes.size(), &rp);
+  if (op->memh != nullptr) {
+    rp.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+    rp.memh = op->memh;
+  }
+  if (op->mem_type != UCS_MEMORY_TYPE_HOST) {
+    rp.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    rp.memory_type = op->mem_type;
+  }
+  ucs_status_ptr_t r = ucp_am_send_nbx(op->conn->ep, kAmId, &op->hdr, sizeof op->hdr,
+                                       op->len == 0 ? nullptr : op->data, op->len, &rp);
   if (UCS_PTR_IS_ERR(r)) {
     ucs_status_t s = UCS_PTR_STATUS(r);
-    live_sends_.erase(op->token);
-    deadlines_.erase({op->deadline, op->token});
-    c->pending_ops--;
-    if (type == MsgType::kData && op->peer != nullptr) op->peer->st.inflight_bytes -= op->bytes.size();
+    untrack(op);
+    end_op(op);
     delete op;
     return ucs_error(Code::kUnavailable, "ucp_am_send_nbx", s);
   }
@@ -501,20 +591,31 @@ Result<uint64_t> UcxTransport::post(Conn* c, MsgType type, uint64_t seq,
   return token;
 }
 
-Status UcxTransport::send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token) {
+Result<uint64_t> UcxTransport::post(Conn* c, MsgType type, uint64_t seq,
+                                   std::vector<uint8_t> bytes, uint64_t stamp,
+                                   double timeout_s) {
+  SendOp* op = new_op(c, type, seq, stamp, timeout_s);
+  op->bytes = std::move(bytes);
+  op->data = op->bytes.data();
+  op->len = op->bytes.size();
+  track(op);
+  return launch(op);
+}
+
+Result<Conn*> UcxTransport::ready_conn(const Address& peer, size_t bytes) {
   if (closed_) return Status(Code::kUnavailable, "transport is closed");
   std::string host;
   uint16_t port = 0;
   MYCEL_CHECK(parse_ucx_address(peer, &host, &port));
-  if (bytes.size() > opt_.max_frame_bytes) {
-    return Status(Code::kOutOfRange, "frame of " + std::to_string(bytes.size()) +
+  if (bytes > opt_.max_frame_bytes) {
+    return Status(Code::kOutOfRange, "frame of " + std::to_string(bytes) +
                                          " bytes exceeds max_frame_bytes " +
                                          std::to_string(opt_.max_frame_bytes));
   }
   Peer* p = peer_for(peer);
   // One frame larger than the whole budget may go when nothing else is in flight (else it
   // could never be sent), as with inproc: in flight stays below max(budget, largest frame).
-  if (p->st.inflight_bytes > 0 && p->st.inflight_bytes + bytes.size() > opt_.max_inflight_bytes) {
+  if (p->st.inflight_bytes > 0 && p->st.inflight_bytes + bytes > opt_.max_inflight_bytes) {
     return Status(Code::kNoResource, "in-flight budget to " + peer + " is full");
   }
   if (p->conn == nullptr) {
@@ -526,7 +627,11 @@ Status UcxTransport::send(const Address& peer, std::vector<uint8_t> bytes, uint6
     }
     MYCEL_CHECK(connect(p));
   }
-  Conn* c = p->conn;
+  return p->conn;
+}
+
+Status UcxTransport::send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token) {
+  MYCEL_ASSIGN_OR_RETURN(Conn * c, ready_conn(peer, bytes.size()));
   MYCEL_ASSIGN_OR_RETURN(uint64_t tok,
                          post(c, MsgType::kData, c->send_seq, std::move(bytes), 0,
                               opt_.send_timeout_s));
@@ -535,34 +640,211 @@ Status UcxTransport::send(const Address& peer, std::vector<uint8_t> bytes, uint6
   return Ok();
 }
 
+// --- registered memory -----------------------------------------------------------------------
+
+Result<MemoryRegion> UcxTransport::register_memory(void* base, size_t bytes, MemoryType type) {
+  if (base == nullptr || bytes == 0) {
+    return Status(Code::kInvalidArgument, "cannot register an empty region");
+  }
+  if (type == MemoryType::kCuda && !cuda_direct_) {
+    // Staged: the staging buffers are what UCP reads, and they are registered themselves.
+    if (device_ops_ == nullptr) {
+      return Status(Code::kUnavailable,
+                    "cannot register device memory: this UCX has no CUDA support and the "
+                    "transport has no DeviceMemoryOps (Options::device_ops) to stage it with");
+    }
+    return regions_.add(base, bytes, type, nullptr);
+  }
+  ucp_mem_map_params_t mp{};
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                  UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+  mp.address = base;
+  mp.length = bytes;
+  mp.memory_type = type == MemoryType::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+  ucp_mem_h memh = nullptr;
+  ucs_status_t s = ucp_mem_map(ctx_, &mp, &memh);
+  if (s != UCS_OK) {
+    return ucs_error(Code::kUnavailable,
+                     fmt::format("ucp_mem_map of {} bytes of {} memory", bytes,
+                                 memory_type_name(type)),
+                     s);
+  }
+  auto r = regions_.add(base, bytes, type, memh);
+  if (!r.is_ok()) ucp_mem_unmap(ctx_, memh);
+  return r;
+}
+
+Status UcxTransport::deregister_memory(const MemoryRegion& r) {
+  MYCEL_ASSIGN_OR_RETURN(void* memh, regions_.remove(r));
+  if (memh != nullptr) {
+    ucs_status_t s = ucp_mem_unmap(ctx_, static_cast<ucp_mem_h>(memh));
+    if (s != UCS_OK) return ucs_error(Code::kInternal, "ucp_mem_unmap", s);
+  }
+  return Ok();
+}
+
+Status UcxTransport::send_region(const Address& peer, const MemoryRegion& r, size_t offset,
+                                 size_t bytes, uint64_t* token) {
+  MYCEL_CHECK(regions_.use(r, offset, bytes, /*acquire=*/false).status());
+  MYCEL_ASSIGN_OR_RETURN(Conn * c, ready_conn(peer, bytes));
+  const uint8_t* src = static_cast<const uint8_t*>(r.base) + offset;
+  const bool staged = r.type == MemoryType::kCuda && !cuda_direct_;
+  Staging* st = nullptr;
+  uint64_t ticket = 0;
+  if (staged) {
+    MYCEL_ASSIGN_OR_RETURN(st, acquire_stage(bytes));
+    if (bytes > 0) {
+      auto t = device_ops_->copy_to_host(st->host, src, bytes);
+      if (!t.is_ok()) {
+        stage_used_ -= st->cap;
+        stage_free_.push_back(st);
+        return t.status();
+      }
+      ticket = *t;
+    }
+  }
+  MYCEL_ASSIGN_OR_RETURN(void* memh, regions_.use(r, offset, bytes, /*acquire=*/true));
+  SendOp* op = new_op(c, MsgType::kData, c->send_seq, 0, opt_.send_timeout_s);
+  c->send_seq++;  // taken now: frames sent after this one are delivered after it
+  op->region = r.id;
+  op->len = bytes;
+  if (staged) {
+    op->stage = st;
+    op->ticket = ticket;
+    op->staging = bytes > 0;
+    op->data = st->host;
+    op->memh = st->memh;
+  } else {
+    op->data = src;
+    op->memh = static_cast<ucp_mem_h>(memh);
+    if (r.type == MemoryType::kCuda) op->mem_type = UCS_MEMORY_TYPE_CUDA;
+  }
+  track(op);
+  uint64_t tok = op->token;
+  if (op->staging) {
+    staging_.push_back(tok);  // launched by advance_staging() once the copy is done
+  } else {
+    MYCEL_ASSIGN_OR_RETURN(tok, launch(op));
+  }
+  if (token != nullptr) *token = tok;
+  return Ok();
+}
+
+Result<Staging*> UcxTransport::acquire_stage(size_t bytes) {
+  // The smallest free buffer that holds the frame.
+  auto best = stage_free_.end();
+  for (auto it = stage_free_.begin(); it != stage_free_.end(); ++it) {
+    if ((*it)->cap >= bytes && (best == stage_free_.end() || (*it)->cap < (*best)->cap)) best = it;
+  }
+  if (best != stage_free_.end()) {
+    Staging* st = *best;
+    stage_free_.erase(best);
+    stage_used_ += st->cap;
+    return st;
+  }
+  constexpr size_t kRound = size_t(1) << 20;
+  const size_t need = std::max<size_t>(1, (bytes + kRound - 1) / kRound) * kRound;
+  // Free buffers too small for this frame make room for a new one.
+  while (stage_total_ + need > opt_.max_staging_bytes && !stage_free_.empty()) {
+    free_stage(stage_free_.back());
+    stage_free_.pop_back();
+  }
+  if (stage_used_ > 0 && stage_total_ + need > opt_.max_staging_bytes) {
+    return Status(Code::kNoResource,
+                  fmt::format("staging memory is full ({} of {} bytes in use)", stage_used_,
+                              opt_.max_staging_bytes));
+  }
+  MYCEL_ASSIGN_OR_RETURN(void* host, device_ops_->alloc_pinned(need));
+  auto* st = new Staging{host, need, nullptr};
+  ucp_mem_map_params_t mp{};
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  mp.address = host;
+  mp.length = need;
+  if (ucs_status_t s = ucp_mem_map(ctx_, &mp, &st->memh); s != UCS_OK) {
+    st->memh = nullptr;  // UCP registers it on the send path instead
+    MYCEL_LOG_DEBUG(kLog, "ucp_mem_map of a staging buffer: {}", ucs_status_string(s));
+  }
+  stage_total_ += need;
+  stage_used_ += need;
+  return st;
+}
+
+void UcxTransport::free_stage(Staging* st) {
+  if (st->memh != nullptr) ucp_mem_unmap(ctx_, st->memh);
+  device_ops_->free_pinned(st->host);
+  stage_total_ -= st->cap;
+  delete st;
+}
+
+// Hands sends whose staging copy has finished to UCP. A send whose connection failed
+// meanwhile ends (failed) only once its copy is done: the buffer is not reused under a copy.
+void UcxTransport::advance_staging() {
+  if (staging_.empty()) return;
+  auto tokens = std::move(staging_);
+  staging_.clear();
+  for (uint64_t tok : tokens) {
+    auto it = live_sends_.find(tok);
+    if (it == live_sends_.end()) continue;
+    SendOp* op = it->second;
+    Result<bool> done = device_ops_->copy_done(op->ticket);
+    if (done.is_ok() && !*done) {
+      staging_.push_back(tok);
+      continue;
+    }
+    op->staging = false;
+    if (!done.is_ok()) {
+      // The frame will not come: tell the receiver to move past its seq, and fail this send
+      // without blaming the link.
+      op->local_fail = done.status();
+      if (!op->conn->failed) {
+        (void)post(op->conn, MsgType::kSkip, op->hdr.seq, {}, 0, opt_.send_timeout_s);
+      }
+      on_send_done(op, UCS_ERR_IO_ERROR);
+    } else if (op->conn->failed || op->conn->ep == nullptr) {
+      on_send_done(op, UCS_ERR_CANCELED);
+    } else {
+      Peer* p = op->peer;
+      const uint64_t t = op->token;
+      auto r = launch(op);  // on error op is gone, with no event: report the failed send here
+      if (!r.is_ok()) {
+        p->st.send_failures++;
+        push(Event{EventKind::kSendFailed, p->addr, t, r.status(), {}});
+      }
+    }
+  }
+}
+
 void UcxTransport::on_send_done(SendOp* op, ucs_status_t s) {
   live_sends_.erase(op->token);
   deadlines_.erase({op->deadline, op->token});
   Conn* c = op->conn;
   Peer* p = op->peer;
   c->pending_ops--;
+  end_op(op);
   double now = now_s();
   if (op->type == MsgType::kData) {
-    p->st.inflight_bytes -= op->bytes.size();
+    p->st.inflight_bytes -= op->len;
     Event e;
     e.peer = p->addr;
     e.token = op->token;
     if (s == UCS_OK) {
       e.kind = EventKind::kSendComplete;
-      p->st.bytes_sent += op->bytes.size();
+      p->st.bytes_sent += op->len;
       p->st.frames_sent++;
-      if (op->bytes.size() >= kBandwidthMinBytes) {
+      if (op->len >= kBandwidthMinBytes) {
         // Throughput while the link was busy with this frame: from the later of its start and
         // the previous completion, so queued frames do not count their wait.
         double t0 = std::max(op->start, c->last_send_done);
-        if (now > t0) p->st.bandwidth_Bps = ewma(p->st.bandwidth_Bps, op->bytes.size() / (now - t0));
+        if (now > t0) p->st.bandwidth_Bps = ewma(p->st.bandwidth_Bps, double(op->len) / (now - t0));
       }
       c->last_send_done = now;
       if (!c->failed) maybe_ping(c, now);
     } else {
       e.kind = EventKind::kSendFailed;
       p->st.send_failures++;
-      if (op->timed_out) {
+      if (!op->local_fail.is_ok()) {
+        e.status = op->local_fail;
+      } else if (op->timed_out) {
         p->st.timeouts++;
         e.status = Status(Code::kTimeout, fmt::format("send to {} not completed in {} s",
                                                       p->addr, opt_.send_timeout_s));
@@ -571,7 +853,7 @@ void UcxTransport::on_send_done(SendOp* op, ucs_status_t s) {
       } else {
         e.status = ucs_error(Code::kUnavailable, "send to " + p->addr + " failed", s);
       }
-      if (!c->failed) deferred_fail_.push_back({c->id, e.status});
+      if (!c->failed && op->local_fail.is_ok()) deferred_fail_.push_back({c->id, e.status});
     }
     if (return_sent_) e.frame.bytes = std::move(op->bytes);
     push(std::move(e));
@@ -642,13 +924,19 @@ ucs_status_t UcxTransport::on_am(const void* header, size_t header_length, void*
     }
     return UCS_OK;
   }
-  bool ok_seq = (type == MsgType::kHello && h.seq == 0) || (type == MsgType::kData && h.seq > 0);
+  bool ok_seq = (type == MsgType::kHello && h.seq == 0) ||
+                ((type == MsgType::kData || type == MsgType::kSkip) && h.seq > 0);
   if (!ok_seq || h.seq < c->recv_next || c->reorder.count(h.seq) != 0) {
     deferred_fail_.push_back({c->id, Status(Code::kCorrupt, "bad transport sequence")});
     return UCS_OK;
   }
   RecvSlot& slot = c->reorder[h.seq];
   slot.type = type;
+  if (type == MsgType::kSkip) {  // the sender could not produce this frame: consume its seq
+    slot.drop = slot.done = true;
+    deliver(c);
+    return UCS_OK;
+  }
   size_t limit = type == MsgType::kHello ? 1024 : opt_.max_frame_bytes;
   if (length > limit) {
     // Refused before any allocation; UCP tells the sender the transfer ended (rendezvous ATS).
@@ -771,6 +1059,7 @@ void UcxTransport::progress() {
     }
     handle_deferred();
   }
+  advance_staging();
   check_timers(now_s());
   gc();
 }
