@@ -5,6 +5,8 @@
 //         clock runs from the first send to the server's "all received" reply. Compared with
 //         `ucx_perftest -t ucp_am_bw` (our transport is built on UCP active messages), overall
 //         bandwidth. ratio = ours / theirs (target >= 0.90 for frames >= 1 MiB).
+//   bwreg the same with the window's frames in one block registered with the transport
+//         (register_memory: ucp_mem_map) and sent by send_region, read in place.
 //   lat   ping-pong: a real wire-format frame (64-byte header, CRC32C sealed by the client,
 //         checked by the server, echoed, checked again by the client) of SIZE bytes in total;
 //         median of round trip / 2, against `ucx_perftest -t ucp_am_lat`'s median.
@@ -13,6 +15,21 @@
 //         waiting in poll(), in % of one core (target < 1%).
 // Frame sizes count the whole frame (header included), so both sides move SIZE bytes per
 // message. The server is this binary re-executed with --role server.
+//
+// Method (bw and lat): on a shared machine one ~1 s trial moves by tens of percent from run
+// to run, more than the differences we look for. So a row is --repeat N trials of each side,
+// alternating (ours, theirs, ours, theirs, ...) so that a slow drift of the machine (a build
+// starting, the CPU clocking down) hits both sides alike, and each side reports the median of
+// its N trials (one trial spoiled by a burst of load moves the mean, not the median). A bw
+// trial gives one throughput; a lat trial the median half round trip of its ping-pongs (for
+// ucx_perftest its 50th percentile). ours, theirs: the medians of each side's trials; ratio:
+// the median of the N per-trial ratios (ours_i / theirs_i), which cancels a shift of the
+// machine's speed between trials better than the ratio of the two medians. `spread` =
+// (max - min) / median of our N trials, in %: the same code timed N times moves that much, so
+// a ratio that differs from another run's, or from the target, by less than that is noise.
+// Warm-up: one untimed bw run of ours before a row's first trial (connection and buffer pools
+// stay warm between trials); a lat trial starts with its own warm-up pings (a tenth of its
+// count, cheap); ucx_perftest is a fresh process each trial and warms up with -w each time.
 #include <fcntl.h>
 #include <malloc.h>
 #include <netinet/in.h>
@@ -30,10 +47,12 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <list>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "bench/harness.h"
@@ -52,14 +71,17 @@ namespace mycel::bench {
 namespace {
 
 struct TransportFlags {
-  std::string tests = "bw,lat,idle";
+  std::string tests = "bw,bwreg,lat,idle";
   std::string bw_sizes = "4K,64K,1M,16M,256M";
   std::string lat_sizes = "64,4K,64K,1M";
-  double bw_bytes = double(size_t(1) << 30);  // bytes moved per bw row (iterations = this / size)
+  // Bytes moved per bw trial (iterations = this / size, at least 8). Still 1 GiB with 5 trials:
+  // most of the run goes to starting ucx_perftest processes, 512 MiB saved only 7% of it.
+  double bw_bytes = double(size_t(1) << 30);
   int lat_iters = 10000;                       // at 64 B; fewer for larger frames
   double window_mib = 64;  // bw: bytes in flight (at least 2 frames, at most 256)
   int idle_conns = 16;
   double idle_s = 3;
+  int repeat = 5;  // trials per bw / lat row, each side; --quick: 2 unless --repeat is given
   bool json = false, quick = false, no_perftest = false;
   std::string perftest = "ucx_perftest";
   std::string role = "client";
@@ -413,28 +435,61 @@ class Client {
   }
 
   // Seconds to move iters frames of `size` bytes with a window of frames in flight.
-  Result<double> bw(size_t size, long iters, int64_t* wrong) {
-    uint64_t ctl = 0;
-    MYCEL_CHECK(t_.send(srv_, control_frame("bw " + std::to_string(iters)), &ctl));
+  // registered: the window's frames lie in one block registered with the transport
+  // (ucp_mem_map) and go by send_region, read in place; otherwise they are vectors moved
+  // through send() and given back at completion.
+  Result<double> bw(size_t size, long iters, int64_t* wrong, bool registered = false) {
     size_t window = std::clamp<size_t>(size_t(window_mib_ * double(1 << 20)) / size, 2, 256);
     std::vector<std::vector<uint8_t>> free;
-    for (size_t i = 0; i < window; ++i) free.push_back(make_frame(MessageType::kModel, i, size));
+    std::vector<size_t> free_slots;
+    std::unordered_map<uint64_t, size_t> slot_of;  // token -> slot of the block
+    const size_t stride = (size + 63) / 64 * 64;
+    transport::MemoryRegion reg;
+    if (registered) {
+      // Kept until the client goes: a failed row may leave sends reading it.
+      blocks_.emplace_back(window * stride);
+      std::vector<uint8_t>& block = blocks_.back();
+      for (size_t i = 0; i < window; ++i) {
+        auto f = make_frame(MessageType::kModel, i, size);
+        std::memcpy(block.data() + i * stride, f.data(), f.size());
+        free_slots.push_back(i);
+      }
+      MYCEL_ASSIGN_OR_RETURN(reg, t_.register_memory(block.data(), block.size()));
+    } else {
+      for (size_t i = 0; i < window; ++i) free.push_back(make_frame(MessageType::kModel, i, size));
+    }
+    auto have_free = [&] { return registered ? !free_slots.empty() : !free.empty(); };
+    uint64_t ctl = 0;
+    MYCEL_CHECK(t_.send(srv_, control_frame("bw " + std::to_string(iters)), &ctl));
     const double t0 = now_s();
     long sent = 0;
     size_t inflight = 0;
     for (;;) {
-      while (sent < iters && !free.empty()) {
-        Status s = t_.send(srv_, std::move(free.back()), nullptr);
-        free.pop_back();
+      while (sent < iters && have_free()) {
+        Status s;
+        if (registered) {
+          uint64_t tok = 0;
+          s = t_.send_region(srv_, reg, free_slots.back() * stride, size, &tok);
+          slot_of[tok] = free_slots.back();
+          free_slots.pop_back();
+        } else {
+          s = t_.send(srv_, std::move(free.back()), nullptr);
+          free.pop_back();
+        }
         if (!s.is_ok()) return s;
         sent++;
         inflight++;
       }
-      for (Event& e : t_.poll(sent < iters && !free.empty() ? 0 : 1.0)) {
+      for (Event& e : t_.poll(sent < iters && have_free() ? 0 : 1.0)) {
         if (e.kind == EventKind::kSendComplete && e.token == ctl) continue;
         if (e.kind == EventKind::kSendComplete) {
           inflight--;
-          free.push_back(std::move(e.frame.bytes));
+          if (registered) {
+            free_slots.push_back(slot_of[e.token]);
+            slot_of.erase(e.token);
+          } else {
+            free.push_back(std::move(e.frame.bytes));
+          }
         } else if (e.kind == EventKind::kFrame) {
           std::string s = control_text(e.frame.bytes);
           if (s.starts_with("done")) {
@@ -446,6 +501,10 @@ class Client {
               for (Event& x : t_.poll(0.1)) {
                 inflight -= x.kind == EventKind::kSendComplete && x.token != ctl;
               }
+            }
+            if (registered && inflight == 0) {
+              (void)t_.deregister_memory(reg);
+              blocks_.pop_back();
             }
             return dt;
           }
@@ -494,6 +553,7 @@ class Client {
   Transport& t_;
   std::string srv_;
   std::deque<Event> q_;
+  std::list<std::vector<uint8_t>> blocks_;  // registered bw windows (stable addresses)
   double window_mib_ = 64;
   static constexpr size_t kBudget = size_t(1) << 30;
 };
@@ -502,9 +562,38 @@ std::vector<Column> columns() {
   return {{"test", "test", 5, 0, true},   {"size_text", "size", 6},
           {"iters", "iters", 7},          {"unit", "unit", 5, 0, true},
           {"ours", "ours", 9, 3},         {"theirs", "theirs", 9, 3},
-          {"ratio", "ratio", 6, 3},       {"target", "target", 7, 0, true},
-          {"wrong", "wrong", 5}};
+          {"ratio", "ratio", 6, 3},       {"spread", "spread", 6, 1},
+          {"target", "target", 7, 0, true}, {"wrong", "wrong", 5}};
 }
+
+// The N trials of one side of a row. The median is the figure reported; min and max show how
+// far the trials scattered.
+struct Trials {
+  std::vector<double> v;
+  int failed = 0;     // ucx_perftest runs that gave no figure
+  std::string error;  // the last of their errors
+
+  double mid() const { return v.empty() ? NAN : median(v); }
+  double lo() const { return v.empty() ? NAN : *std::min_element(v.begin(), v.end()); }
+  double hi() const { return v.empty() ? NAN : *std::max_element(v.begin(), v.end()); }
+  // (max - min) / median in %: the noise of this machine for this row.
+  double spread_pct() const { return mid() > 0 ? 100 * (hi() - lo()) / mid() : NAN; }
+
+  // ours / theirs of each trial whose two halves both gave a figure (kept on our side).
+  std::vector<double> ratios;
+
+  // Takes field `field` (times scale) of a ucx_perftest result line.
+  // Pairs it with our trial just run (ours.ratios) when it gave a figure.
+  void take(Result<std::vector<double>> r, int field, double scale, Trials* ours) {
+    if (r.is_ok() && int(r->size()) > field) {
+      v.push_back((*r)[size_t(field)] * scale);
+      if (v.back() > 0 && !ours->v.empty()) ours->ratios.push_back(ours->v.back() / v.back());
+      return;
+    }
+    failed++;
+    error = r.is_ok() ? "a result line with too few numbers" : r.status().to_string();
+  }
+};
 
 int run_client(const TransportFlags& f) {
   Report report(f.json, columns());
@@ -518,6 +607,7 @@ int run_client(const TransportFlags& f) {
   }
   const double bw_bytes = f.quick ? std::min(f.bw_bytes, double(size_t(512) << 20)) : f.bw_bytes;
   const int lat_iters = f.quick ? std::min(f.lat_iters, 1000) : f.lat_iters;
+  const int repeat = f.repeat;
 
   // The transport's UCX defaults, given to ucx_perftest too (and to our server, which would
   // apply them anyway): both sides of the comparison run with the same UCX settings.
@@ -566,44 +656,71 @@ int run_client(const TransportFlags& f) {
     }
   }
 
-  auto add = [&](const char* test, size_t size, long iters, const char* unit, double ours,
-                 Result<std::vector<double>> theirs, int field, double scale, const char* target,
-                 int64_t wrong) {
+  if (has("bw") || has("lat")) {
+    report.note("  bw, lat: " + std::to_string(repeat) + " trials per row" +
+                (f.no_perftest ? "" : ", ours and ucx_perftest alternating") +
+                "; ours, theirs: medians of the trials; ratio: median of the per-trial ratios; "
+                "spread: (max - min) / median of our trials, %");
+  }
+
+  auto add = [&](const char* test, size_t size, long iters, const char* unit, const Trials& ours,
+                 const Trials& theirs, const char* target, int64_t wrong) {
     Record r;
     r.set("test", test).set("size", size).set("size_text", format_size(size)).set("iters", iters);
-    r.set("unit", unit).set("ours", ours).set("target", target).set("wrong", wrong);
-    if (theirs.is_ok() && int(theirs->size()) > field) {
-      double th = (*theirs)[size_t(field)] * scale;
-      r.set("theirs", th).set("ratio", th > 0 ? ours / th : NAN);
-    } else {
-      r.set("theirs", NAN).set("ratio", NAN);
-      if (!theirs.is_ok() && !f.no_perftest) {
-        report.note(std::string("  ucx_perftest: ") + theirs.status().to_string());
-      }
+    r.set("unit", unit).set("ours", ours.mid()).set("target", target).set("wrong", wrong);
+    const double th = theirs.mid();
+    // The median of the trials' own ratios: a shift of the machine's speed between two trials
+    // moves both halves of a pair, so it cancels in the pair's ratio, not always in the
+    // ratio of the two medians.
+    const double ratio = !ours.ratios.empty() ? median(ours.ratios) : NAN;
+    r.set("theirs", th).set("ratio", ratio);
+    r.set("spread", ours.spread_pct()).set("repeat", int64_t(ours.v.size()));
+    r.set("ours_min", ours.lo()).set("ours_max", ours.hi());
+    r.set("theirs_min", theirs.lo()).set("theirs_max", theirs.hi());
+    if (theirs.failed > 0) {
+      report.note("  ucx_perftest: " + std::to_string(theirs.failed) + " of " +
+                  std::to_string(theirs.failed + theirs.v.size()) + " runs failed, last: " +
+                  theirs.error);
     }
     report.add(std::move(r));
   };
-  auto skipped = [] { return Result<std::vector<double>>(Status(Code::kCancelled, "skipped")); };
+  auto error_row = [&](const char* test, size_t size, const Status& s) {
+    Record err;
+    err.set("test", test).set("size", size).set("size_text", format_size(size));
+    err.set("error", s.to_string());
+    report.add(std::move(err));
+  };
 
-  if (has("bw")) {
+  for (const char* mode : {"bw", "bwreg"}) {
+    if (!has(mode)) continue;
+    const bool registered = std::string_view(mode) == "bwreg";
     for (size_t size : *bw_sizes) {
       if (size < kFrameHeaderBytes || size > kMaxFrame) continue;
       long iters = std::clamp<long>(long(bw_bytes / double(size)), 8, 1000000);
       long warm = std::max<long>(2, iters / 10);
       int64_t wrong = 0;
-      Record err;
-      auto w = c.bw(size, warm, &wrong);
-      auto r = w.is_ok() ? c.bw(size, iters, &wrong) : w;
-      if (!r.is_ok()) {
-        err.set("test", "bw").set("size", size).set("size_text", format_size(size));
-        err.set("error", r.status().to_string());
-        report.add(std::move(err));
+      Trials ours, theirs;
+      // Warm-up, untimed, once per row: the pools and the connection stay warm between trials.
+      Status st = c.bw(size, warm, &wrong, registered).status();
+      for (int i = 0; i < repeat && st.is_ok(); ++i) {
+        auto r = c.bw(size, iters, &wrong, registered);
+        if (!r.is_ok()) {
+          st = r.status();
+          break;
+        }
+        ours.v.push_back(double(size) * double(iters) / *r / 1e9);
+        // ucx_perftest reports MB/s of 2^20 B/s (field 5: overall bandwidth).
+        if (!f.no_perftest) {
+          theirs.take(run_perftest(f.perftest, "ucp_am_bw", size, iters, warm), 5,
+                      1048576.0 / 1e9, &ours);
+        }
+      }
+      if (!st.is_ok()) {
+        error_row(mode, size, st);
         break;
       }
-      double gbs = double(size) * double(iters) / *r / 1e9;
-      auto th = f.no_perftest ? skipped() : run_perftest(f.perftest, "ucp_am_bw", size, iters, warm);
-      add("bw", size, iters, "GB/s", gbs, th, 5, 1048576.0 / 1e9,
-          size >= (size_t(1) << 20) ? ">=0.90" : "-", wrong);
+      add(mode, size, iters, "GB/s", ours, theirs, size >= (size_t(1) << 20) ? ">=0.90" : "-",
+          wrong);
     }
   }
   if (has("lat")) {
@@ -612,17 +729,25 @@ int run_client(const TransportFlags& f) {
       long iters = std::max<long>(20, long(lat_iters / (1 + double(size) / 16384)));
       long warm = std::max<long>(5, iters / 10);
       int64_t wrong = 0;
-      auto r = c.lat(size, iters, warm, &wrong);
-      if (!r.is_ok()) {
-        Record err;
-        err.set("test", "lat").set("size", size).set("size_text", format_size(size));
-        err.set("error", r.status().to_string());
-        report.add(std::move(err));
+      Trials ours, theirs;
+      Status st = Ok();
+      for (int i = 0; i < repeat; ++i) {
+        auto r = c.lat(size, iters, warm, &wrong);
+        if (!r.is_ok()) {
+          st = r.status();
+          break;
+        }
+        ours.v.push_back(median(*r) * 1e6);
+        // Field 1: the 50th percentile of the overhead, usec (half a round trip for a lat test).
+        if (!f.no_perftest) {
+          theirs.take(run_perftest(f.perftest, "ucp_am_lat", size, iters, warm), 1, 1.0, &ours);
+        }
+      }
+      if (!st.is_ok()) {
+        error_row("lat", size, st);
         break;
       }
-      double us = median(*r) * 1e6;
-      auto th = f.no_perftest ? skipped() : run_perftest(f.perftest, "ucp_am_lat", size, iters, warm);
-      add("lat", size, iters, "us", us, th, 1, 1.0, size <= 64 ? "<=1.50" : "-", wrong);
+      add("lat", size, iters, "us", ours, theirs, size <= 64 ? "<=1.50" : "-", wrong);
     }
   }
   if (has("idle")) {
@@ -681,13 +806,19 @@ void add_bench_transport(CLI::App& bench, Common& common) {
       "UCX transport between two processes on loopback: bandwidth against frame size, ping-pong "
       "latency and idle CPU, next to ucx_perftest (ucp_am_bw / ucp_am_lat) run with the same "
       "sizes and UCX environment");
-  cmd->add_option("--tests", f->tests, "tests to run: bw, lat, idle")->capture_default_str();
+  cmd->add_option("--tests", f->tests, "tests to run: bw, bwreg, lat, idle")->capture_default_str();
   cmd->add_option("--bw-sizes", f->bw_sizes, "frame sizes for bw (bytes; K M G suffixes)")
       ->capture_default_str();
   cmd->add_option("--lat-sizes", f->lat_sizes, "frame sizes for lat (bytes, >= 64)")
       ->capture_default_str();
-  cmd->add_option("--bw-bytes", f->bw_bytes, "bytes moved per bw row (iterations = this / size)")
+  cmd->add_option("--bw-bytes", f->bw_bytes,
+                  "bytes moved per bw trial (iterations = this / size, at least 8)")
       ->capture_default_str();
+  auto* repeat = cmd->add_option("--repeat", f->repeat,
+                                 "trials per bw and lat row, ours and ucx_perftest alternating; "
+                                 "the medians are reported, spread = (max - min) / median of "
+                                 "ours (default 5; 2 with --quick)")
+                     ->check(CLI::Range(1, 1000));
   cmd->add_option("--lat-iters", f->lat_iters, "ping-pongs at small sizes (fewer for large)")
       ->capture_default_str();
   cmd->add_option("--window-mib", f->window_mib,
@@ -700,12 +831,14 @@ void add_bench_transport(CLI::App& bench, Common& common) {
   cmd->add_option("--perftest", f->perftest, "the ucx_perftest executable")->capture_default_str();
   cmd->add_flag("--no-perftest", f->no_perftest, "do not run ucx_perftest");
   cmd->add_flag("--json", f->json, "print a JSON array of rows");
-  cmd->add_flag("--quick", f->quick, "a short run (fewer sizes and iterations)");
+  cmd->add_flag("--quick", f->quick, "a short run (fewer sizes, iterations and trials)");
   cmd->add_option("--role", f->role, "client (default) or server (started by the client)")
       ->check(CLI::IsMember({"client", "server"}));
   cmd->add_option("--listen", f->listen, "server: listen address")->capture_default_str();
-  cmd->callback([f, &common] {
+  cmd->callback([f, &common, repeat] {
     (void)common;
+    // --quick is a smoke run: two trials still show a spread, at twice a single run's time.
+    if (f->quick && repeat->count() == 0) f->repeat = 2;
 #if MYCEL_HAVE_UCX
     // glibc returns freed memory at the top of the heap to the kernel (trim) and takes it back
     // on the next allocation: at hundreds of thousands of frames per second that churn of
