@@ -446,6 +446,18 @@ Status LivePeer::write_summary(double t) {
     for (const auto& [c, b] : m_.bytes_by_codec)
       codecs += (codecs.empty() ? "" : ",") + std::string("\"") + c + "\":" + std::to_string(b);
   }
+  // The transport's view of each link (transport::PeerStats): what the scheduler will steer by.
+  // Last in the object, so that readers looking up a top-level key find it first.
+  std::string links;
+  for (const tp::PeerStats& l : tr_->stats()) {
+    links += fmt::format(
+        "{}{{\"peer\":\"{}\",\"bytes_sent\":{},\"bytes_received\":{},\"frames_sent\":{},"
+        "\"frames_received\":{},\"send_failures\":{},\"timeouts\":{},\"reconnects\":{},"
+        "\"rejected_frames\":{},\"bandwidth_Bps\":{:.0f},\"rtt_s\":{:.6f},\"connected\":{}}}",
+        links.empty() ? "" : ",", l.peer, l.bytes_sent, l.bytes_received, l.frames_sent,
+        l.frames_received, l.send_failures, l.timeouts, l.reconnects, l.rejected_frames,
+        l.bandwidth_Bps, l.rtt_s, l.connected ? "true" : "false");
+  }
   const auto& ps = proto_->stats();
   std::fprintf(f,
                "{\"peer\":%d,\"address\":\"%s\",\"seconds\":%.3f,\"age\":%llu,\"test_accuracy\":%.6f,"
@@ -453,7 +465,8 @@ Status LivePeer::write_summary(double t) {
                "\"frames_sent\":%llu,\"frames_received\":%llu,\"model_bytes_sent\":%llu,"
                "\"fp32_bytes_equivalent\":%llu,\"models_sent\":%llu,\"merges\":%llu,\"train_steps\":%llu,"
                "\"rejected_frames\":%llu,\"rejected_payloads\":%llu,\"dropped_sends\":%llu,"
-               "\"send_failures\":%llu,\"skipped_steps\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s}}\n",
+               "\"send_failures\":%llu,\"skipped_steps\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s},"
+               "\"links\":[%s]}\n",
                args_.id, tr_->local_address().c_str(), t, static_cast<unsigned long long>(proto_->age()),
                last_acc_.load(), last_loss_.load(), shard_.n,
                static_cast<unsigned long long>(m_.bytes_sent.load()),
@@ -471,7 +484,7 @@ Status LivePeer::write_summary(double t) {
                static_cast<unsigned long long>(m_.send_failures.load()),
                static_cast<unsigned long long>(m_.skipped_steps.load()),
                static_cast<unsigned long long>(ps.wakeups), static_cast<unsigned long long>(ps.peers_down),
-               codecs.c_str());
+               codecs.c_str(), links.c_str());
   std::fclose(f);
   return Ok();
 }

@@ -124,6 +124,23 @@ TEST(Swarm, RunLearnsAndWritesOutputs) {
     std::string csv = slurp((run / ("peer-" + std::to_string(i) + ".csv")).string());
     EXPECT_NE(csv.find("time_s,age,test_accuracy"), std::string::npos);
     EXPECT_GE(std::count(csv.begin(), csv.end(), '\n'), 4) << "peer " << i << " wrote too few rows";
+    // The transport's per-link figures close the peer's JSON: frames went both ways on some
+    // link, and its round trip was measured.
+    std::string j = slurp((run / ("peer-" + std::to_string(i) + ".json")).string());
+    auto at = j.find("\"links\":[");
+    ASSERT_NE(at, std::string::npos) << j;
+    std::string links = j.substr(at);
+    auto max_of = [&](const std::string& key) {
+      double best = -1;
+      const std::string k = "\"" + key + "\":";
+      for (size_t p = links.find(k); p != std::string::npos; p = links.find(k, p + 1)) {
+        best = std::max(best, std::strtod(links.c_str() + p + k.size(), nullptr));
+      }
+      return best;
+    };
+    EXPECT_GT(max_of("frames_sent"), 0) << links;
+    EXPECT_GT(max_of("frames_received"), 0) << links;
+    EXPECT_GT(max_of("rtt_s"), 0) << "no link measured its round trip: " << links;
   }
 }
 
