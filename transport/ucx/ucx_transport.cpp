@@ -815,15 +815,12 @@ void UcxTransport::advance_staging() {
 }
 
 void UcxTransport::on_send_done(SendOp* op, ucs_status_t s) {
-  live_sends_.erase(op->token);
-  deadlines_.erase({op->deadline, op->token});
+  untrack(op);
+  end_op(op);
   Conn* c = op->conn;
   Peer* p = op->peer;
-  c->pending_ops--;
-  end_op(op);
   double now = now_s();
   if (op->type == MsgType::kData) {
-    p->st.inflight_bytes -= op->len;
     Event e;
     e.peer = p->addr;
     e.token = op->token;
