@@ -7,6 +7,10 @@
 //         bandwidth. ratio = ours / theirs (target >= 0.90 for frames >= 1 MiB).
 //   bwreg the same with the window's frames in one block registered with the transport
 //         (register_memory: ucp_mem_map) and sent by send_region, read in place.
+//   bwdev the same block in --device memory, registered as kCuda: staged through pinned
+//         host memory (Debian's UCX) or read by UCX directly. Not in the default tests; on
+//         the CPU device it measures the staging path's own cost (a host-to-host copy).
+//         theirs: ucx_perftest from host memory.
 //   lat   ping-pong: a real wire-format frame (64-byte header, CRC32C sealed by the client,
 //         checked by the server, echoed, checked again by the client) of SIZE bytes in total;
 //         median of round trip / 2, against `ucx_perftest -t ucp_am_lat`'s median.
@@ -57,7 +61,9 @@
 
 #include "bench/harness.h"
 #include "common/log.h"
+#include "kernels/device.h"
 #include "runtime/cli/commands.h"
+#include "runtime/driver/device_ops.h"
 #include "transport/frame.h"
 #include "transport/transport.h"
 
@@ -84,6 +90,7 @@ struct TransportFlags {
   int repeat = 5;  // trials per bw / lat row, each side; --quick: 2 unless --repeat is given
   bool json = false, quick = false, no_perftest = false;
   std::string perftest = "ucx_perftest";
+  std::string device = "auto";  // bwdev: the global --device
   std::string role = "client";
   std::string listen = "ucx://127.0.0.1:0";
 };
@@ -435,10 +442,15 @@ class Client {
   }
 
   // Seconds to move iters frames of `size` bytes with a window of frames in flight.
-  // registered: the window's frames lie in one block registered with the transport
-  // (ucp_mem_map) and go by send_region, read in place; otherwise they are vectors moved
-  // through send() and given back at completion.
-  Result<double> bw(size_t size, long iters, int64_t* wrong, bool registered = false) {
+  // Where bw's frames come from. kVectors: vectors moved through send() and given back at
+  // completion. kRegistered: one host block registered with the transport (ucp_mem_map), sent
+  // by send_region and read in place. kDevice: the same block in the device's memory (dev_),
+  // registered as kCuda: staged through pinned host memory, or read directly by a UCX with
+  // CUDA support.
+  enum class Source { kVectors, kRegistered, kDevice };
+
+  Result<double> bw(size_t size, long iters, int64_t* wrong, Source src = Source::kVectors) {
+    const bool registered = src != Source::kVectors;
     size_t window = std::clamp<size_t>(size_t(window_mib_ * double(1 << 20)) / size, 2, 256);
     std::vector<std::vector<uint8_t>> free;
     std::vector<size_t> free_slots;
@@ -454,7 +466,17 @@ class Client {
         std::memcpy(block.data() + i * stride, f.data(), f.size());
         free_slots.push_back(i);
       }
-      MYCEL_ASSIGN_OR_RETURN(reg, t_.register_memory(block.data(), block.size()));
+      void* base = block.data();
+      auto type = transport::MemoryType::kHost;
+      if (src == Source::kDevice) {
+        if (dev_ == nullptr) return Status(Code::kInvalidArgument, "bwdev: no device");
+        MYCEL_ASSIGN_OR_RETURN(base, dev_->alloc(block.size()));
+        dev_blocks_.push_back(base);  // freed when no send reads it (below), else never
+        MYCEL_CHECK(dev_->copy(base, block.data(), block.size(), CopyKind::kHostToDevice));
+        MYCEL_CHECK(dev_->sync());
+        type = transport::MemoryType::kCuda;
+      }
+      MYCEL_ASSIGN_OR_RETURN(reg, t_.register_memory(base, block.size(), type));
     } else {
       for (size_t i = 0; i < window; ++i) free.push_back(make_frame(MessageType::kModel, i, size));
     }
@@ -502,9 +524,12 @@ class Client {
                 inflight -= x.kind == EventKind::kSendComplete && x.token != ctl;
               }
             }
-            if (registered && inflight == 0) {
-              (void)t_.deregister_memory(reg);
+            if (registered && inflight == 0 && t_.deregister_memory(reg).is_ok()) {
               blocks_.pop_back();
+              if (src == Source::kDevice) {
+                dev_->free(dev_blocks_.back());
+                dev_blocks_.pop_back();
+              }
             }
             return dt;
           }
@@ -554,6 +579,8 @@ class Client {
   std::string srv_;
   std::deque<Event> q_;
   std::list<std::vector<uint8_t>> blocks_;  // registered bw windows (stable addresses)
+  std::shared_ptr<Device> dev_;             // bwdev: where the window lives
+  std::vector<void*> dev_blocks_;
   double window_mib_ = 64;
   static constexpr size_t kBudget = size_t(1) << 30;
 };
@@ -628,6 +655,21 @@ int run_client(const TransportFlags& f) {
   transport::Options opt;
   opt.max_frame_bytes = kMaxFrame;
   opt.max_inflight_bytes = Client::kBudget;
+  // bwdev: the window lives on --device (the CPU device stands in where there is no GPU: the
+  // staging path then copies host to host) and the transport stages it with the device's ops.
+  Result<std::shared_ptr<Device>> dev = Status(Code::kCancelled, "bwdev not requested");
+  if (has("bwdev")) {
+    dev = make_device(f.device);
+    if (dev.is_ok()) {
+      auto ops = runtime::device_memory_ops(*dev);
+      if (ops.is_ok()) {
+        opt.device_ops = *ops;
+        opt.max_staging_bytes = size_t(1) << 30;  // the whole bw window
+      } else {
+        dev = ops.status();
+      }
+    }
+  }
   auto tr = transport::make_ucx_transport("ucx://127.0.0.1:0", opt);
   if (!tr.is_ok()) {
     std::fprintf(stderr, "%s\n", tr.status().to_string().c_str());
@@ -638,6 +680,12 @@ int run_client(const TransportFlags& f) {
   (void)transport::ucx_set_buffer_reuse(t, true, 0);
   Client c(t, srv->addr);
   c.window_mib_ = f.window_mib;
+  if (dev.is_ok()) {
+    c.dev_ = *dev;
+    report.note("  bwdev: frames in " + (*dev)->name() +
+                " memory, sent as a kCuda region (staged through pinned host memory unless UCX "
+                "reads CUDA memory itself); theirs: ucx_perftest from host memory");
+  }
   // Connect and show which UCX transports carry the endpoint (ucx_perftest inherits the same
   // environment, so UCP picks the same ones for it).
   if (Status s = c.send(control_frame("hello")); !s.is_ok()) {
@@ -691,9 +739,16 @@ int run_client(const TransportFlags& f) {
     report.add(std::move(err));
   };
 
-  for (const char* mode : {"bw", "bwreg"}) {
+  for (const char* mode : {"bw", "bwreg", "bwdev"}) {
     if (!has(mode)) continue;
-    const bool registered = std::string_view(mode) == "bwreg";
+    const std::string_view m(mode);
+    const auto src = m == "bwreg"   ? Client::Source::kRegistered
+                     : m == "bwdev" ? Client::Source::kDevice
+                                    : Client::Source::kVectors;
+    if (src == Client::Source::kDevice && c.dev_ == nullptr) {
+      error_row(mode, 0, dev.status());
+      continue;
+    }
     for (size_t size : *bw_sizes) {
       if (size < kFrameHeaderBytes || size > kMaxFrame) continue;
       long iters = std::clamp<long>(long(bw_bytes / double(size)), 8, 1000000);
@@ -701,9 +756,9 @@ int run_client(const TransportFlags& f) {
       int64_t wrong = 0;
       Trials ours, theirs;
       // Warm-up, untimed, once per row: the pools and the connection stay warm between trials.
-      Status st = c.bw(size, warm, &wrong, registered).status();
+      Status st = c.bw(size, warm, &wrong, src).status();
       for (int i = 0; i < repeat && st.is_ok(); ++i) {
-        auto r = c.bw(size, iters, &wrong, registered);
+        auto r = c.bw(size, iters, &wrong, src);
         if (!r.is_ok()) {
           st = r.status();
           break;
@@ -719,8 +774,9 @@ int run_client(const TransportFlags& f) {
         error_row(mode, size, st);
         break;
       }
-      add(mode, size, iters, "GB/s", ours, theirs, size >= (size_t(1) << 20) ? ">=0.90" : "-",
-          wrong);
+      // The target is for frames in host memory; bwdev shows what device memory costs.
+      const bool target = size >= (size_t(1) << 20) && src != Client::Source::kDevice;
+      add(mode, size, iters, "GB/s", ours, theirs, target ? ">=0.90" : "-", wrong);
     }
   }
   if (has("lat")) {
@@ -806,7 +862,7 @@ void add_bench_transport(CLI::App& bench, Common& common) {
       "UCX transport between two processes on loopback: bandwidth against frame size, ping-pong "
       "latency and idle CPU, next to ucx_perftest (ucp_am_bw / ucp_am_lat) run with the same "
       "sizes and UCX environment");
-  cmd->add_option("--tests", f->tests, "tests to run: bw, bwreg, lat, idle")->capture_default_str();
+  cmd->add_option("--tests", f->tests, "tests to run: bw, bwreg, bwdev, lat, idle")->capture_default_str();
   cmd->add_option("--bw-sizes", f->bw_sizes, "frame sizes for bw (bytes; K M G suffixes)")
       ->capture_default_str();
   cmd->add_option("--lat-sizes", f->lat_sizes, "frame sizes for lat (bytes, >= 64)")
@@ -836,7 +892,7 @@ void add_bench_transport(CLI::App& bench, Common& common) {
       ->check(CLI::IsMember({"client", "server"}));
   cmd->add_option("--listen", f->listen, "server: listen address")->capture_default_str();
   cmd->callback([f, &common, repeat] {
-    (void)common;
+    f->device = common.device;
     // --quick is a smoke run: two trials still show a spread, at twice a single run's time.
     if (f->quick && repeat->count() == 0) f->repeat = 2;
 #if MYCEL_HAVE_UCX

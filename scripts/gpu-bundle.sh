@@ -15,6 +15,7 @@ rm -rf "$B"
 mkdir -p "$B/bin" "$B/lib/ucx"
 cp build/cuda/bin/mycel build/cuda/bin/test_kernels build/cuda/bin/test_models \
   build/cuda/bin/test_runtime "$B/bin/"
+cp /usr/bin/ucx_perftest "$B/bin/"  # bench transport's peer
 strip "$B"/bin/*
 # Everything the binaries load, except the C and C++ runtimes (the image's are newer) and
 # CUDA's own libraries (the image's toolkit and driver provide them).

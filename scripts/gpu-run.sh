@@ -30,6 +30,8 @@ step test_runtime 120 "$B/bin/test_runtime" --gtest_filter='DeviceOps*'
 step bench_merge 120 "$B/bin/mycel" --device cuda bench merge --sizes 64M,256M
 step bench_codec 120 "$B/bin/mycel" --device cuda bench codec --sizes 64M
 step bench_train 120 "$B/bin/mycel" --device cuda bench train
+step bench_transport 200 "$B/bin/mycel" --device cuda bench transport --tests bw,bwdev \
+  --bw-sizes 1M,16M,256M --repeat 3 --perftest "$PWD/$B/bin/ucx_perftest"
 step torch_merge 150 python3 bench/compare_torch.py merge --devices cuda --mycel "$MYCEL_BIN"
 step torch_train 150 python3 bench/compare_torch.py train --devices cuda --mycel "$MYCEL_BIN"
 {
@@ -37,7 +39,7 @@ step torch_train 150 python3 bench/compare_torch.py train --devices cuda --mycel
   for t in test_kernels test_models test_runtime; do
     echo "-- $t"; grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran" "$OUT/$t.txt" | head -20
   done
-  for b in bench_merge bench_codec bench_train torch_merge torch_train; do
+  for b in bench_merge bench_codec bench_train bench_transport torch_merge torch_train; do
     echo "-- $b"; tail -25 "$OUT/$b.txt"
   done
 } >> "$SUMMARY"
