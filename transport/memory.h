@@ -6,7 +6,9 @@
 // the network allows it, and no registration on the send path), and the caller keeps them
 // alive and unchanged until the send's kSendComplete / kSendFailed event.
 //
-// Regions may hold host memory or CUDA device memory. Where the network layer cannot read
+// Regions may hold host memory or CUDA device memory. Device bytes must be final when
+// send_region is called: the work that wrote them has completed (Device::sync on its stream),
+// since the transport reads them on a stream of its own. Where the network layer cannot read
 // device memory (Debian's UCX is built without CUDA), the transport stages device bytes
 // through page-locked host buffers it owns, copying with the DeviceMemoryOps the caller gives
 // in Options: the transport layer links no CUDA itself (the runtime builds the ops from its
