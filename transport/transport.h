@@ -1,6 +1,7 @@
 // One non-blocking Transport interface (UCX's uct_iface_ops_t / NCCL's ncclNet habit): every
 // call returns at once with ok, no resource (back-pressure), or an error; completions and
-// arrivals come back as events through poll() (or a callback driven by progress()).
+// arrivals come back as events from poll(), which drives progress and can wait without
+// spinning (the runtime's event loop hands each event to its handler).
 // Implementations: inproc (same process, zero-copy; tests and the simulator) and ucx (UCP).
 // A transport carries frames as opaque bytes; transport/frame.h gives them meaning.
 #pragma once
