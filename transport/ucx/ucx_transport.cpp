@@ -50,6 +50,9 @@ constexpr uint8_t kWireVersion = 1;
 // Frames at least this large feed the bandwidth estimate; smaller ones complete on a local
 // copy (eager) and say nothing about the link.
 constexpr size_t kBandwidthMinBytes = size_t(256) << 10;
+// A bandwidth sample covers at least this long of a busy link (or a whole busy period):
+// rendezvous completions arrive in bursts, so one frame's completion time says little.
+constexpr double kBandwidthWindowS = 0.01;
 constexpr double kEwmaAlpha = 0.25;
 constexpr double kPingIntervalS = 1.0;  // at most one RTT probe per peer per second
 // Longest sleep while requests are in flight (see poll()); MYCEL_UCX_BUSY_WAIT_US overrides.
@@ -156,7 +159,10 @@ struct Conn {
   uint64_t recv_next = 0;
   std::map<uint64_t, RecvSlot> reorder;
   size_t pending_ops = 0;     // UCP requests (sends, receives) not yet completed
-  double last_send_done = 0;  // for the bandwidth estimate under pipelining
+  // The bandwidth estimate: bytes of large frames completed since bw_t0, while at least one
+  // large frame was in flight (bw_inflight of them).
+  size_t bw_inflight = 0, bw_bytes = 0;
+  double bw_t0 = 0;
   bool ping_outstanding = false;
 };
 
@@ -542,6 +548,11 @@ void UcxTransport::track(SendOp* op) {
   live_sends_[op->token] = op;
   deadlines_.emplace(op->deadline, op->token);
   op->conn->pending_ops++;
+  if (op->type == MsgType::kData && op->len >= kBandwidthMinBytes &&
+      op->conn->bw_inflight++ == 0) {
+    op->conn->bw_t0 = op->start;  // the link turns busy
+    op->conn->bw_bytes = 0;
+  }
   if (op->type == MsgType::kData && op->peer != nullptr) op->peer->st.inflight_bytes += op->len;
 }
 
@@ -550,6 +561,9 @@ void UcxTransport::untrack(SendOp* op) {
   deadlines_.erase({op->deadline, op->token});
   op->conn->pending_ops--;
   if (op->type == MsgType::kData && op->peer != nullptr) op->peer->st.inflight_bytes -= op->len;
+  if (op->type == MsgType::kData && op->len >= kBandwidthMinBytes && op->conn->bw_inflight > 0) {
+    op->conn->bw_inflight--;
+  }
 }
 
 void UcxTransport::end_op(SendOp* op) {
@@ -829,12 +843,15 @@ void UcxTransport::on_send_done(SendOp* op, ucs_status_t s) {
       p->st.bytes_sent += op->len;
       p->st.frames_sent++;
       if (op->len >= kBandwidthMinBytes) {
-        // Throughput while the link was busy with this frame: from the later of its start and
-        // the previous completion, so queued frames do not count their wait.
-        double t0 = std::max(op->start, c->last_send_done);
-        if (now > t0) p->st.bandwidth_Bps = ewma(p->st.bandwidth_Bps, double(op->len) / (now - t0));
+        // Bytes over time while the link was busy with large frames, sampled per window of
+        // kBandwidthWindowS or at the end of a busy period; idle time never counts.
+        c->bw_bytes += op->len;
+        if (now > c->bw_t0 && (now - c->bw_t0 >= kBandwidthWindowS || c->bw_inflight == 0)) {
+          p->st.bandwidth_Bps = ewma(p->st.bandwidth_Bps, double(c->bw_bytes) / (now - c->bw_t0));
+          c->bw_t0 = now;
+          c->bw_bytes = 0;
+        }
       }
-      c->last_send_done = now;
       if (!c->failed) maybe_ping(c, now);
     } else {
       e.kind = EventKind::kSendFailed;
