@@ -359,27 +359,24 @@ struct CodecContext::Impl {
 
   // Device scratch for a body (CUDA only: on the CPU the body is used where it lies).
   Result<uint8_t*> device_body(size_t bytes) {
-    if (bytes > dcap) {
-      dev.free(dbody);
-      dbody = nullptr;
-      dcap = 0;
-      MYCEL_ASSIGN_OR_RETURN(void* p, dev.alloc(bytes));
-      dbody = static_cast<uint8_t*>(p);
-      dcap = bytes;
-    }
-    return dbody;
+    return grow(&dbody, &dcap, bytes, &Device::alloc, &Device::free);
   }
   // Host staging (page-locked on CUDA), 64-byte aligned.
   Result<uint8_t*> host_stage(size_t bytes) {
-    if (bytes > hcap) {
-      dev.free_host(hstage);
-      hstage = nullptr;
-      hcap = 0;
-      MYCEL_ASSIGN_OR_RETURN(void* p, dev.alloc_host(bytes));
-      hstage = static_cast<uint8_t*>(p);
-      hcap = bytes;
+    return grow(&hstage, &hcap, bytes, &Device::alloc_host, &Device::free_host);
+  }
+  // A scratch buffer of at least `bytes` (its contents are not kept when it grows).
+  Result<uint8_t*> grow(uint8_t** buf, size_t* cap, size_t bytes,
+                        Result<void*> (Device::*alloc)(size_t), void (Device::*release)(void*)) {
+    if (bytes > *cap) {
+      (dev.*release)(*buf);
+      *buf = nullptr;
+      *cap = 0;
+      MYCEL_ASSIGN_OR_RETURN(void* p, (dev.*alloc)(bytes));
+      *buf = static_cast<uint8_t*>(p);
+      *cap = bytes;
     }
-    return hstage;
+    return *buf;
   }
 
   Status decode(std::span<const uint8_t> payload, float* x, size_t expected_n, bool merge,

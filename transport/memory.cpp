@@ -74,9 +74,4 @@ std::vector<void*> RegionRegistry::clear() {
   return out;
 }
 
-size_t RegionRegistry::size() const {
-  std::lock_guard lock(mu_);
-  return map_.size();
-}
-
 }  // namespace mycel::transport

@@ -67,7 +67,6 @@ class RegionRegistry {
   Result<void*> remove(const MemoryRegion& r);
   // Forgets every region (at shutdown) and returns their impl handles.
   std::vector<void*> clear();
-  size_t size() const;
 
  private:
   struct Entry {

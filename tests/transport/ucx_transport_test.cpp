@@ -200,16 +200,32 @@ TEST(UcxTransport, RttEstimateFromPingPong) {
   EXPECT_LT(a->stats()[0].rtt_s, 5.0);
 }
 
-TEST(UcxTransport, SixteenSendersToOneReceiver) {
-  auto rx = make();
-  ASSERT_TRUE(rx);
+// One receiver and n senders; all lists the receiver first (for pump).
+struct FanIn {
+  std::unique_ptr<Transport> rx;
   std::vector<std::unique_ptr<Transport>> tx;
-  std::vector<Transport*> all{rx.get()};
-  for (int i = 0; i < 16; ++i) {
-    tx.push_back(make());
-    ASSERT_TRUE(tx.back());
-    all.push_back(tx.back().get());
+  std::vector<Transport*> all;
+  bool ok = true;
+};
+FanIn fan_in(int n) {
+  FanIn f;
+  f.rx = make();
+  f.ok = f.rx != nullptr;
+  if (f.ok) f.all.push_back(f.rx.get());
+  for (int i = 0; i < n && f.ok; ++i) {
+    f.tx.push_back(make());
+    f.ok = f.tx.back() != nullptr;
+    if (f.ok) f.all.push_back(f.tx.back().get());
   }
+  return f;
+}
+
+TEST(UcxTransport, SixteenSendersToOneReceiver) {
+  FanIn f = fan_in(16);
+  ASSERT_TRUE(f.ok);
+  auto& rx = f.rx;
+  auto& tx = f.tx;
+  auto& all = f.all;
   constexpr int kFrames = 5;
   for (int k = 0; k < kFrames; ++k) {
     for (int i = 0; i < 16; ++i) {
@@ -488,15 +504,12 @@ double cpu_seconds() {
 // `mycel bench transport` (idle row); this test only catches busy polling, with a margin that
 // a loaded machine cannot break.
 TEST(UcxTransport, IdlePeerWithSixteenConnectionsDoesNotSpin) {
-  auto rx = make();
-  ASSERT_TRUE(rx);
-  std::vector<std::unique_ptr<Transport>> tx;
-  std::vector<Transport*> all{rx.get()};
+  FanIn f = fan_in(16);
+  ASSERT_TRUE(f.ok);
+  auto& rx = f.rx;
+  auto& all = f.all;
   for (int i = 0; i < 16; ++i) {
-    tx.push_back(make());
-    ASSERT_TRUE(tx.back());
-    all.push_back(tx.back().get());
-    ASSERT_TRUE(tx.back()->send(rx->local_address(), pattern(10, i), nullptr).is_ok());
+    ASSERT_TRUE(f.tx[size_t(i)]->send(rx->local_address(), pattern(10, i), nullptr).is_ok());
   }
   int frames = 0;
   ASSERT_TRUE(pump(all, [&](size_t, Event& e) { frames += e.kind == EventKind::kFrame; },

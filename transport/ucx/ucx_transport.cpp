@@ -230,7 +230,6 @@ class UcxTransport final : public Transport {
   Status deregister_memory(const MemoryRegion& r) override;
   Status send_region(const Address& peer, const MemoryRegion& r, size_t offset, size_t bytes,
                      uint64_t* token) override;
-  bool cuda_direct() const { return cuda_direct_; }
 
   Result<std::string> describe(const Address& peer);
   void set_buffer_reuse(bool return_sent, size_t pool_bytes) {
@@ -275,7 +274,8 @@ class UcxTransport final : public Transport {
   Result<uint64_t> launch(SendOp* op);
   void end_op(SendOp* op);  // releases the region and staging buffer a send held
   Result<Staging*> acquire_stage(size_t bytes);
-  void free_stage(Staging* st);
+  void release_stage(Staging* st);  // back to the pool, for the next send
+  void free_stage(Staging* st);     // unmapped and freed
   void advance_staging();
   void progress();
   void handle_deferred();
@@ -569,11 +569,8 @@ void UcxTransport::untrack(SendOp* op) {
 void UcxTransport::end_op(SendOp* op) {
   if (op->region != 0) regions_.release(op->region);
   op->region = 0;
-  if (op->stage != nullptr) {
-    stage_used_ -= op->stage->cap;
-    stage_free_.push_back(op->stage);
-    op->stage = nullptr;
-  }
+  if (op->stage != nullptr) release_stage(op->stage);
+  op->stage = nullptr;
 }
 
 Result<uint64_t> UcxTransport::launch(SendOp* op) {
@@ -710,8 +707,7 @@ Status UcxTransport::send_region(const Address& peer, const MemoryRegion& r, siz
     if (bytes > 0) {
       auto t = device_ops_->copy_to_host(st->host, src, bytes);
       if (!t.is_ok()) {
-        stage_used_ -= st->cap;
-        stage_free_.push_back(st);
+        release_stage(st);
         return t.status();
       }
       ticket = *t;
@@ -781,6 +777,11 @@ Result<Staging*> UcxTransport::acquire_stage(size_t bytes) {
   stage_total_ += need;
   stage_used_ += need;
   return st;
+}
+
+void UcxTransport::release_stage(Staging* st) {
+  stage_used_ -= st->cap;
+  stage_free_.push_back(st);
 }
 
 void UcxTransport::free_stage(Staging* st) {
