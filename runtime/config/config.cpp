@@ -41,7 +41,8 @@ const std::vector<ConfigKey> kSchema = {
     {"protocol.fanout", K::kInt, "1", 1, 64, "", true, "peers a model is sent to per period"},
     {"protocol.merge", K::kString, "age", 0, 0, "", true, "merge rule (age: a = age_recv / (age + age_recv))"},
     {"protocol.view_size", K::kInt, "8", 1, 1024, "", false, "peer-sampling partial view size (Newscast)"},
-    {"protocol.peer_timeout_s", K::kFloat, "10", 0.01, 86400, "", false, "a peer not heard from for this long is taken as down"},
+    {"protocol.peer_timeout_s", K::kFloat, "10", 0.01, 86400, "", false, "a peer that was up and then silent for this long is taken as down (D-PSGD: a round waits for every neighbour not down; FedAvg: a round waits this long for the chosen clients)"},
+    {"protocol.startup_timeout_s", K::kFloat, "30", 0, 86400, "", false, "D-PSGD, FedAvg: round 0 waits this long for peers never heard from yet (then starts without them, naming them)"},
     {"protocol.partitions", K::kInt, "1", 1, 1024, "", false, "gossip: partitioned subsampling, each message carries one of this many slices of the model, each slice with its own age (1: whole models)"},
     {"protocol.topology", K::kString, "ring", 0, 0, "ring|torus|regular|complete", false, "D-PSGD topology (Metropolis-Hastings weights)"},
     {"protocol.degree", K::kInt, "4", 1, 1024, "", false, "degree of the random regular topology"},
@@ -254,6 +255,7 @@ Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::s
   c.params.merge = S("protocol.merge");
   c.protocol.view_size = static_cast<int>(I("protocol.view_size"));
   c.protocol.peer_timeout_s = F("protocol.peer_timeout_s");
+  c.protocol.startup_timeout_s = F("protocol.startup_timeout_s");
   c.protocol.partitions = static_cast<int>(I("protocol.partitions"));
   c.protocol.topology = S("protocol.topology");
   c.protocol.degree = static_cast<int>(I("protocol.degree"));

@@ -65,6 +65,7 @@ struct ExperimentConfig {
     double client_fraction = 1;
     int local_epochs = 1;
     double peer_timeout_s = 0;
+    double startup_timeout_s = 30;
   } protocol;
   RuntimeParams params;
   struct Peers {

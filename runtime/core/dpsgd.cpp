@@ -4,14 +4,26 @@
 // arrive is mixed in with a_k = w_k / (w_self + w_1 + ... + w_k), which yields exactly
 // (w_self x + sum_k w_k x_k) / (w_self + sum_k w_k) whatever the arrival order, so no received
 // model is ever held as an fp32 copy, and a missing neighbour's weight falls back to the peer
-// itself. A round ends when every live neighbour's model is in, or after round_timeout_s; a
-// neighbour that misses two rounds in a row is not waited for until it is heard from again.
-// Models that arrive one round early are held; a model from further ahead makes a peer that
-// fell behind jump to that round; late models are dropped.
+// itself.
+//
+// Membership (runtime/core/liveness.h): round 0 starts once every neighbour has been heard from
+// (probes go out with backoff until then) or at the start-up deadline, with one log line naming
+// the missing ones. A round ends when every neighbour that is not down has delivered its model
+// for the round; a neighbour is down only once it was up and then silent for peer_timeout_s, so
+// a send that fails (a neighbour restarting, a connection reset) never ends a round at once,
+// and a peer never runs more than one round ahead of a live neighbour. Models that arrive one
+// round early are held; a model from further ahead makes a peer that fell behind jump to that
+// round; late models are dropped. A neighbour that comes back gets the current round's model.
+// A peer waiting for a round sends nothing, so it sends a heartbeat (an empty view frame) to
+// each neighbour it has not sent to for a third of peer_timeout_s: silence means gone, not
+// waiting (else one dead peer would make its neighbours' neighbours look dead too).
 #include <algorithm>
+#include <cmath>
 #include <map>
-#include <set>
+#include <string>
 
+#include "common/log.h"
+#include "runtime/core/liveness.h"
 #include "runtime/core/protocol.h"
 #include "runtime/core/topology.h"
 
@@ -21,39 +33,112 @@ namespace {
 class Dpsgd final : public Protocol {
  public:
   Dpsgd(const ProtocolOptions& opt, const ParamStore* params, Topology topo)
-      : opt_(opt), params_(params), topo_(std::move(topo)) {
-    for (size_t i = 0; i < opt_.peers.size(); ++i) index_[opt_.peers[i]] = static_cast<int>(i);
-    for (int j : topo_.adj[static_cast<size_t>(opt_.id)]) misses_[j] = 0;
+      : opt_(opt),
+        params_(params),
+        topo_(std::move(topo)),
+        nbrs_(topo_.adj[static_cast<size_t>(opt_.id)]),
+        live_(nbrs_.size(), opt_.round_timeout_s),
+        got_(nbrs_.size(), false),
+        unsent_(nbrs_.size(), false),
+        last_sent_(nbrs_.size(), 0) {
+    for (size_t k = 0; k < nbrs_.size(); ++k) slot_[opt_.peers[static_cast<size_t>(nbrs_[k])]] = k;
   }
 
   std::string_view name() const override { return "dpsgd"; }
 
-  void start(double now, std::vector<Action>& out) override { begin_round(now, out); }
+  void start(double now, std::vector<Action>& out) override {
+    start_deadline_ = now + opt_.startup_timeout_s;
+    if (nbrs_.empty()) {
+      enter_round(now, out);
+      return;
+    }
+    probe(now, out);
+    out.push_back(SetTimer{next_timer(now)});
+  }
 
   void tick(double now, std::vector<Action>& out) override {
-    if (now + 1e-9 >= deadline_) {
-      ++stats_.rounds_timed_out;
-      for (auto& [j, m] : misses_)
-        if (!got_.count(j)) ++m;
+    if (!gave_up_ && now + 1e-9 >= start_deadline_) {
+      gave_up_ = true;
+      auto missing = live_.give_up_pending();
+      if (!missing.empty()) {
+        std::string names;
+        for (size_t k : missing) names += (names.empty() ? "" : ", ") + addr(k);
+        MYCEL_LOG_WARN("protocol",
+                       "dpsgd: starting round 0 after {:.0f} s without {} of {} neighbours ({}); they "
+                       "join when they answer",
+                       opt_.startup_timeout_s, missing.size(), nbrs_.size(), names);
+      }
+      if (!started_) enter_round(now, out);
+    }
+    for (size_t k : live_.expire(now)) {
+      ++stats_.peers_down;
+      unsent_[k] = true;
+      MYCEL_LOG_WARN("protocol", "dpsgd: neighbour {} silent for {:.1f} s: rounds go on without it",
+                     addr(k), opt_.round_timeout_s);
+    }
+    probe(now, out);
+    heartbeat(now, out);
+    if (started_ && round_complete()) {
+      ++stats_.rounds_timed_out;  // completed only because a neighbour is down
       advance(now, out);
     }
-    out.push_back(SetTimer{deadline_});
+    out.push_back(SetTimer{next_timer(now)});
   }
 
   void message(double now, const Message& msg, std::vector<Action>& out) override {
-    if (msg.kind != MsgKind::kModel) {
-      if (msg.kind == MsgKind::kModelReply) out.push_back(Drop{msg.handle});
-      return;  // no peer sampling: the topology is fixed
-    }
-    auto it = index_.find(msg.from);
-    if (it == index_.end() || !misses_.count(it->second)) {
-      out.push_back(Drop{msg.handle});  // not a neighbour
+    on_message(now, msg, out);
+    out.push_back(SetTimer{next_timer(now)});  // heartbeats and expiries move with what we hear
+  }
+
+  void peer_up(double now, const std::string& a, std::vector<Action>& out) override {
+    auto it = slot_.find(a);
+    if (it == slot_.end()) return;
+    heard(it->second, now, out);
+    maybe_start(now, out);
+    out.push_back(SetTimer{next_timer(now)});
+  }
+  void peer_down(double now, const std::string& a, std::vector<Action>& out) override {
+    auto it = slot_.find(a);
+    if (it == slot_.end()) return;
+    // Not down yet (that takes peer_timeout_s of silence): our model of this round may not have
+    // reached it, so it gets it again when it answers a probe.
+    live_.lost(it->second, now);
+    if (started_) unsent_[it->second] = true;
+    out.push_back(SetTimer{next_timer(now)});
+  }
+
+  uint64_t age() const override { return round_; }
+  const ProtocolStats& stats() const override { return stats_; }
+
+ private:
+  std::string addr(size_t k) const { return opt_.peers[static_cast<size_t>(nbrs_[k])]; }
+
+  void on_message(double now, const Message& msg, std::vector<Action>& out) {
+    auto it = slot_.find(msg.from);
+    if (it == slot_.end()) {  // not a neighbour
+      if (msg.kind == MsgKind::kModel || msg.kind == MsgKind::kModelReply) out.push_back(Drop{msg.handle});
       return;
     }
-    int j = it->second;
-    misses_[j] = 0;
+    const size_t k = it->second;
+    heard(k, now, out);
+    if (msg.kind == MsgKind::kShuffle || msg.kind == MsgKind::kShuffleReply) {
+      // A probe: answered, so a neighbour that started after us knows we are here.
+      if (msg.kind == MsgKind::kShuffle) out.push_back(SendView{msg.from, MsgKind::kShuffleReply, {}});
+      maybe_start(now, out);
+      return;
+    }
+    if (msg.kind != MsgKind::kModel) {
+      out.push_back(Drop{msg.handle});
+      return;
+    }
     ++stats_.models_received;
-    resend_if_needed(j, out);
+    if (!started_) {
+      if (msg.age == 0) {  // kept for our round 0, which starts once every neighbour is heard
+        held_[0].push_back({k, msg.handle});
+        return;
+      }
+      enter_round(now, out);  // the swarm already runs (we restarted): join it, then jump
+    }
     if (msg.age > round_ + 1) {
       // We fell behind (started late, or were cut off): jump to the sender's round rather than
       // replay rounds whose models are gone.
@@ -61,111 +146,142 @@ class Dpsgd final : public Protocol {
       round_ = msg.age - 1;
       advance(now, out);
     }
-    if (msg.age < round_ || (got_.count(j) && msg.age == round_)) {
-      out.push_back(Drop{msg.handle});  // late (the sender will catch up from ours) or duplicate
+    if (msg.age < round_ || (got_[k] && msg.age == round_) || finished_) {
+      out.push_back(Drop{msg.handle});  // late (the sender catches up from ours), duplicate, or done
       return;
     }
     if (msg.age == round_ + 1) {
-      held_[msg.age].push_back({j, msg.handle});
+      held_[msg.age].push_back({k, msg.handle});
       return;
     }
-    merge(j, msg.handle, out);
+    merge(k, msg.handle, out);
     if (round_complete()) advance(now, out);
   }
 
-  void peer_up(double, const std::string& addr, std::vector<Action>& out) override {
-    auto it = index_.find(addr);
-    if (it != index_.end() && misses_.count(it->second)) {
-      misses_[it->second] = 0;
-      resend_if_needed(it->second, out);
+
+  void heard(size_t k, double now, std::vector<Action>& out) {
+    now_ = now;
+    if (live_.heard(k, now)) resend_if_needed(k, out);
+  }
+
+  void maybe_start(double now, std::vector<Action>& out) {
+    if (started_) return;
+    for (size_t k = 0; k < nbrs_.size(); ++k)
+      if (!live_.ever_heard(k)) return;
+    enter_round(now, out);
+  }
+
+  void probe(double now, std::vector<Action>& out) {
+    for (size_t k : live_.due_probes(now)) {
+      out.push_back(SendView{addr(k), MsgKind::kShuffle, {}});
+      last_sent_[k] = now;
     }
   }
-  void peer_down(double now, const std::string& addr, std::vector<Action>& out) override {
-    auto it = index_.find(addr);
-    if (it == index_.end() || !misses_.count(it->second)) return;
-    ++stats_.peers_down;
-    misses_[it->second] = 2;
-    unsent_.insert(it->second);  // our model of this round may not have reached it
-    if (round_complete()) advance(now, out);
+
+  double heartbeat_interval() const { return opt_.round_timeout_s / 3; }
+  // Also before round 0: a peer waiting for its own missing neighbours is not gone.
+  void heartbeat(double now, std::vector<Action>& out) {
+    for (size_t k = 0; k < nbrs_.size(); ++k) {
+      if (!live_.reachable(k) || now - last_sent_[k] < heartbeat_interval() - 1e-9) continue;
+      out.push_back(SendView{addr(k), MsgKind::kShuffleReply, {}});
+      last_sent_[k] = now;
+    }
   }
 
-  uint64_t age() const override { return round_; }
-  const ProtocolStats& stats() const override { return stats_; }
+  double next_timer(double now) const {
+    double t = live_.next_event();
+    for (size_t k = 0; k < nbrs_.size(); ++k)
+      if (live_.reachable(k)) t = std::min(t, last_sent_[k] + heartbeat_interval());
+    if (!gave_up_) t = std::min(t, start_deadline_);
+    return std::max(t, now + 1e-3);
+  }
 
- private:
   // A neighbour we could not reach (it started late or came back) gets this round's model as
   // soon as it shows signs of life, so a swarm whose peers start at different times still
   // exchanges every round.
-  void resend_if_needed(int j, std::vector<Action>& out) {
-    if (!unsent_.erase(j)) return;
-    out.push_back(SendModel{opt_.peers[static_cast<size_t>(j)], MsgKind::kModel, round_, 0});
+  void resend_if_needed(size_t k, std::vector<Action>& out) {
+    if (!unsent_[k] || !started_ || finished_) return;
+    unsent_[k] = false;
+    out.push_back(SendModel{addr(k), MsgKind::kModel, round_, 0});
     ++stats_.models_sent;
+    last_sent_[k] = now_;
   }
 
-  void merge(int j, uint64_t handle, std::vector<Action>& out) {
-    double w = topo_.weight(opt_.id, j);
+  void merge(size_t k, uint64_t handle, std::vector<Action>& out) {
+    double w = topo_.weight(opt_.id, nbrs_[k]);
     cum_ += w;
     out.push_back(MergeModel{handle, static_cast<float>(w / cum_)});
-    got_.insert(j);
+    got_[k] = true;
     ++stats_.merges;
   }
 
   bool round_complete() const {
-    for (const auto& [j, m] : misses_)
-      if (m < 2 && !got_.count(j)) return false;
+    if (finished_) return false;
+    for (size_t k = 0; k < nbrs_.size(); ++k)
+      if (!got_[k] && !live_.down(k)) return false;
     return true;
   }
 
   void begin_round(double now, std::vector<Action>& out) {
+    started_ = true;
+    stats_.wakeups = round_;
+    if (opt_.max_rounds > 0 && round_ >= opt_.max_rounds) {
+      finished_ = true;  // the driver stops here; nothing more to train or send
+      return;
+    }
     auto p = params_->get();
     if (p->local_steps > 0) {
       out.push_back(Train{p->local_steps, p->lr, round_});
       stats_.train_steps += static_cast<uint64_t>(p->local_steps);
     }
-    unsent_.clear();
-    for (const auto& [j, m] : misses_) {
-      out.push_back(SendModel{opt_.peers[static_cast<size_t>(j)], MsgKind::kModel, round_, 0});
+    for (size_t k = 0; k < nbrs_.size(); ++k) {
+      // A neighbour not reachable now (never heard, or its connection failed) gets the model
+      // when it answers a probe.
+      unsent_[k] = !live_.reachable(k);
+      if (unsent_[k]) continue;
+      out.push_back(SendModel{addr(k), MsgKind::kModel, round_, 0});
       ++stats_.models_sent;
+      last_sent_[k] = now;
     }
     cum_ = topo_.self_weight(opt_.id);
-    got_.clear();
-    deadline_ = now + opt_.round_timeout_s;
-    out.push_back(SetTimer{deadline_});
+    std::fill(got_.begin(), got_.end(), false);
   }
 
+  // Begins round_ and merges what was held for it; models held for rounds now past are dropped.
+  void enter_round(double now, std::vector<Action>& out) {
+    begin_round(now, out);
+    for (auto it = held_.begin(); it != held_.end() && (finished_ || it->first <= round_);) {
+      for (auto [k, handle] : it->second) {
+        if (finished_ || it->first < round_ || got_[k]) out.push_back(Drop{handle});
+        else merge(k, handle, out);
+      }
+      it = held_.erase(it);
+    }
+  }
+
+  // The round is complete: on to the next, and on again while held models complete those (a
+  // round with no neighbour merged waits for models, or for a silent neighbour to be down).
   void advance(double now, std::vector<Action>& out) {
     do {
       ++round_;
-      stats_.wakeups = round_;
-      begin_round(now, out);
-      auto h = held_.find(round_);
-      if (h != held_.end()) {
-        for (auto [j, handle] : h->second) {
-          if (got_.count(j)) out.push_back(Drop{handle});
-          else merge(j, handle, out);
-        }
-        held_.erase(h);
-      }
-      // Anything held for rounds now past is dropped.
-      for (auto it = held_.begin(); it != held_.end() && it->first < round_;) {
-        for (auto [j, handle] : it->second) out.push_back(Drop{handle});
-        it = held_.erase(it);
-      }
-      // Models held for this round may already complete it; with no live neighbour merged,
-      // the round waits for its deadline instead (no spinning through rounds).
-    } while (round_complete() && !got_.empty());
+      enter_round(now, out);
+    } while (round_complete() && std::find(got_.begin(), got_.end(), true) != got_.end());
   }
 
   ProtocolOptions opt_;
   const ParamStore* params_;
   Topology topo_;
-  std::map<std::string, int> index_;
-  std::map<int, int> misses_;  // neighbours -> consecutive rounds missed
-  std::set<int> got_;          // neighbours merged this round
-  std::set<int> unsent_;       // neighbours reported down since this round's send
-  std::map<uint64_t, std::vector<std::pair<int, uint64_t>>> held_;
-  double cum_ = 1, deadline_ = 0;
+  std::vector<int> nbrs_;              // neighbour ids; slot k of the vectors below
+  std::map<std::string, size_t> slot_; // neighbour address -> slot
+  Liveness live_;
+  std::vector<bool> got_;              // merged this round
+  std::vector<bool> unsent_;           // our model of this round may not have reached it
+  std::vector<double> last_sent_;      // when we last sent this neighbour anything
+  double now_ = 0;                     // of the input being handled (resend_if_needed)
+  std::map<uint64_t, std::vector<std::pair<size_t, uint64_t>>> held_;
+  double cum_ = 1, start_deadline_ = 0;
   uint64_t round_ = 0;
+  bool started_ = false, finished_ = false, gave_up_ = false;
   ProtocolStats stats_;
 };
 

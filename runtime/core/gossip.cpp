@@ -108,9 +108,11 @@ class Gossip final : public Protocol {
     sampling_.on_heard(addr, now);
   }
   void peer_down(double now, const std::string& addr, std::vector<Action>&) override {
-    ++stats_.peers_down;
-    sampling_.on_peer_down(addr, now);
+    // A seed or a retried peer that has not answered yet is pending, not down.
+    if (sampling_.on_peer_down(addr, now)) ++stats_.peers_down;
   }
+
+  bool may_skip_training() const override { return true; }
 
   void training_skipped(int steps) override {
     uint64_t s = static_cast<uint64_t>(std::max(0, steps));

@@ -119,13 +119,12 @@ void PeerSampling::on_heard(const std::string& from, double now) {
   }
 }
 
-void PeerSampling::on_peer_down(const std::string& address, double now) {
-  if (address == self_) return;
-  std::erase_if(view_, [&](const Descriptor& d) { return d.address == address; });
+bool PeerSampling::on_peer_down(const std::string& address, double now) {
+  if (address == self_) return false;
+  const bool was_in_view = std::erase_if(view_, [&](const Descriptor& d) { return d.address == address; }) > 0;
   sent_.erase(address);
-  auto [it, fresh] = retry_.try_emplace(address, Retry{now + retry_min_s_, retry_min_s_});
-  (void)it;
-  (void)fresh;
+  retry_.try_emplace(address, Retry{now + retry_min_s_, retry_min_s_});
+  return was_in_view;
 }
 
 std::vector<std::string> PeerSampling::due_retries(double now) {

@@ -54,8 +54,9 @@ class PeerSampling {
 
   // Any message from a peer proves it alive: it leaves the retry list and enters the view.
   void on_heard(const std::string& from, double now);
-  // A peer is unreachable: it leaves the view and goes on the retry list.
-  void on_peer_down(const std::string& address, double now);
+  // A peer is unreachable: it leaves the view and goes on the retry list. Returns whether it
+  // was in the view (a live peer lost), as opposed to a seed or retry that has not answered yet.
+  bool on_peer_down(const std::string& address, double now);
 
   // Peers on the retry list whose backoff has expired; each is rescheduled with a doubled
   // backoff (with jitter) until heard from.

@@ -82,7 +82,8 @@ using Action = std::variant<SendModel, SendView, MergeModel, Drop, Train, SetTim
 struct ProtocolStats {
   uint64_t wakeups = 0;  // gossip periods elapsed
   uint64_t models_sent = 0, models_received = 0, merges = 0, train_steps = 0;
-  uint64_t shuffles = 0, peers_down = 0;
+  uint64_t shuffles = 0;
+  uint64_t peers_down = 0;         // peers that were up and were then lost (never: not yet up)
   uint64_t no_peer = 0;            // gossip wake-ups with nobody in the view to send to
   uint64_t rounds_timed_out = 0;   // D-PSGD / FedAvg rounds ended by their deadline
   uint64_t rounds_skipped = 0;     // D-PSGD rounds jumped over to catch up with neighbours
@@ -100,6 +101,10 @@ class Protocol {
   // The driver could not run `steps` of the training it was asked for (its compute was busy):
   // the core takes them out of the model's age.
   virtual void training_skipped(int steps) {}
+  // Whether the driver may skip a Train it cannot afford now (its compute is behind) and report
+  // it through training_skipped(). Asynchronous gossip may: a skipped step is made up by the
+  // next exchange. Round-based protocols may not: a skipped step is lost to the round.
+  virtual bool may_skip_training() const { return false; }
   virtual uint64_t age() const = 0;
   // Per-partition ages (one entry when the model is not partitioned).
   virtual std::vector<uint64_t> partition_ages() const { return {age()}; }
@@ -118,7 +123,9 @@ struct ProtocolOptions {
   uint64_t experiment_seed = 1;     // shared by all peers (topology)
   std::string topology = "ring";
   int degree = 4;
-  double round_timeout_s = 10;      // a round waits this long for missing peers
+  double round_timeout_s = 10;      // a neighbour that was up and then silent this long is down
+  double startup_timeout_s = 30;    // round 0 waits this long for neighbours never heard from
+  uint64_t max_rounds = 0;          // D-PSGD: no round at or past this one is begun (0: no limit)
   double client_fraction = 0.1;     // FedAvg
   int local_epochs = 1;             // FedAvg
   uint64_t local_samples = 0;       // this peer's training samples

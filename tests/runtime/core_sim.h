@@ -17,6 +17,7 @@ namespace mycel::runtime::simtest {
 struct Sim {
   struct Node {
     std::unique_ptr<Protocol> proto;
+    ProtocolOptions opt;  // to start a fresh instance (restart)
     double x = 0;
     bool alive = true;
     double next_timer = 1e18;
@@ -27,7 +28,9 @@ struct Sim {
     int to;
     bool is_timer;
     Message msg;
-    double value;  // model value carried
+    double value;           // model value carried
+    bool is_start = false;  // the node (re)starts: start(t)
+    bool fresh = false;     // is_start: with a new protocol instance (a restart after a crash)
     bool operator>(const Event& o) const { return t != o.t ? t > o.t : seq > o.seq; }
   };
 
@@ -43,9 +46,12 @@ struct Sim {
   static std::string addr(int i) { return "inproc://n" + std::to_string(i); }
   static int index(const std::string& a) { return std::stoi(a.substr(10)); }
 
+  std::string proto_name;
+
+  // start_times[i] > 0: node i is not running until then (messages to it fail as to a dead one).
   Sim(int n, const std::string& proto, RuntimeParams p, int seeds = 1,
-      const std::function<void(ProtocolOptions&)>& tweak = {})
-      : params(p) {
+      const std::function<void(ProtocolOptions&)>& tweak = {}, std::vector<double> start_times = {})
+      : params(p), proto_name(proto) {
     for (int i = 0; i < n; ++i) {
       ProtocolOptions o;
       o.self = addr(i);
@@ -60,15 +66,26 @@ struct Sim {
       EXPECT_TRUE(pr.is_ok());
       Node node;
       node.proto = std::move(pr).value();
+      node.opt = o;
       node.x = i;  // initial models 0..n-1
       nodes.push_back(std::move(node));
     }
     for (int i = 0; i < n; ++i) {
+      double t = static_cast<size_t>(i) < start_times.size() ? start_times[i] : 0;
+      if (t > 0) {
+        nodes[i].alive = false;
+        q.push({t, seq++, i, false, {}, 0, true, false});
+        continue;
+      }
       std::vector<Action> out;
       nodes[i].proto->start(0, out);
       run_actions(i, 0, out);
     }
   }
+
+  // Node i crashes now (its state is lost) and starts afresh at time `at`.
+  void crash(int i) { nodes[i].alive = false; }
+  void restart_at(int i, double at) { q.push({at, seq++, i, false, {}, 0, true, true}); }
 
   void run_actions(int i, double now, std::vector<Action>& out) {
     for (auto& a : out) {
@@ -105,6 +122,19 @@ struct Sim {
       q.pop();
       Node& n = nodes[e.to];
       std::vector<Action> out;
+      if (e.is_start) {
+        if (e.fresh) {
+          auto pr = make_protocol(proto_name, n.opt, &params);
+          EXPECT_TRUE(pr.is_ok());
+          n.proto = std::move(pr).value();
+        }
+        n.alive = true;
+        n.next_timer = 1e18;
+        std::vector<Action> out;
+        n.proto->start(e.t, out);
+        run_actions(e.to, e.t, out);
+        continue;
+      }
       if (e.is_timer) {
         if (!n.alive || std::abs(e.t - n.next_timer) > 1e-12) continue;
         n.next_timer = 1e18;

@@ -2,6 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <random>
+
+#include "common/log.h"
 
 #include "runtime/core/topology.h"
 #include "tests/runtime/core_sim.h"
@@ -159,6 +162,121 @@ TEST(Dpsgd, APeerThatFellBehindCatchesUp) {
   EXPECT_GT(r3, ahead) << "the returning peer must jump forward, not replay";
   EXPECT_LE(r0 - std::min(r0, r3), 2u) << "back in lockstep with its neighbours";
   EXPECT_LT(s.spread(), 1e-2);
+}
+
+}  // namespace
+}  // namespace mycel::runtime
+
+namespace mycel::runtime {
+namespace {
+
+// Peers started in random order with random delays (0-5 s): nobody runs rounds alone, every
+// round of every peer merges every neighbour, and nobody is ever counted as down.
+TEST(Dpsgd, PeersStartedInAnyOrderCompleteEveryRound) {
+  for (uint64_t seed : {1u, 2u, 3u}) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<double> delay(0, 5);
+    std::vector<double> starts(16);
+    for (auto& t : starts) t = delay(rng);
+    Sim s(16, "dpsgd", no_training(), 0, [&](ProtocolOptions& o) {
+      o.topology = "regular";
+      o.degree = 3;
+      o.round_timeout_s = 2;
+      o.startup_timeout_s = 30;
+      o.max_rounds = 100;
+      o.experiment_seed = seed;
+    }, starts);
+    const double before = 7.5;  // the mean of the initial models 0..15
+    s.run_until(60);
+    for (int i = 0; i < 16; ++i) {
+      const auto& st = s.nodes[i].proto->stats();
+      EXPECT_EQ(st.wakeups, 100u) << "peer " << i << " seed " << seed;
+      EXPECT_EQ(st.merges, 300u) << "peer " << i << ": every round merges its 3 neighbours";
+      EXPECT_EQ(st.peers_down, 0u) << "peer " << i << ": a peer not started yet is not down";
+      EXPECT_EQ(st.rounds_timed_out, 0u) << "peer " << i;
+      EXPECT_EQ(st.rounds_skipped, 0u) << "peer " << i;
+    }
+    EXPECT_NEAR(s.mean(), before, 2e-3);
+    EXPECT_LT(s.spread(), 1e-3);
+    EXPECT_EQ(s.held.size(), 0u) << "every payload merged or dropped";
+  }
+}
+
+// The largest round gap between two running neighbours.
+uint64_t max_neighbour_gap(Sim& s, const Topology& t) {
+  uint64_t gap = 0;
+  for (size_t i = 0; i < s.nodes.size(); ++i)
+    for (int j : t.adj[i]) {
+      if (!s.nodes[i].alive || !s.nodes[j].alive) continue;
+      uint64_t a = s.nodes[i].proto->age(), b = s.nodes[j].proto->age();
+      gap = std::max(gap, a > b ? a - b : b - a);
+    }
+  return gap;
+}
+
+// A neighbour killed mid-run and restarted (from scratch, as a crashed process is): the others
+// go on after peer_timeout_s of its silence and never more than one round apart; the restarted
+// peer jumps to its neighbours' round; with everyone back, every round merges every neighbour.
+TEST(Dpsgd, KilledAndRestartedNeighbour) {
+  auto topo = make_topology("regular", 12, 3, 5);
+  ASSERT_TRUE(topo.is_ok());
+  Sim s(12, "dpsgd", no_training(), 0, [](ProtocolOptions& o) {
+    o.topology = "regular";
+    o.degree = 3;
+    o.round_timeout_s = 1;
+    o.experiment_seed = 5;
+  });
+  s.latency = 0.02;
+  for (double t = 0.5; t <= 3; t += 0.5) {
+    s.run_until(t);
+    EXPECT_LE(max_neighbour_gap(s, *topo), 1u) << "t=" << t;
+  }
+  const uint64_t merges0 = s.nodes[1].proto->stats().merges, r0 = s.nodes[1].proto->age();
+  EXPECT_EQ(merges0, 3 * r0) << "before the crash every round is complete";
+  s.crash(0);
+  s.restart_at(0, 6);
+  for (double t = 3.5; t <= 12; t += 0.5) {
+    s.run_until(t);
+    if (t < 5.9 || t > 7) EXPECT_LE(max_neighbour_gap(s, *topo), 1u) << "t=" << t;
+  }
+  // Nobody stalled: rounds went on while peer 0 was gone and after it came back.
+  const uint64_t r1 = s.nodes[1].proto->age();
+  EXPECT_GT(r1, r0 + 50);
+  EXPECT_GE(s.nodes[0].proto->age() + 1, r1) << "the restarted peer caught up";
+  EXPECT_GT(s.nodes[0].proto->stats().rounds_skipped, 0u) << "it jumped, not replayed";
+  for (int j : topo->adj[0])
+    EXPECT_EQ(s.nodes[j].proto->stats().peers_down, 1u) << "neighbour " << j << " saw peer 0 go once";
+  for (int i = 1; i < 12; ++i) {
+    bool nb0 = std::count(topo->adj[0].begin(), topo->adj[0].end(), i) > 0;
+    if (!nb0) EXPECT_EQ(s.nodes[i].proto->stats().peers_down, 0u) << "peer " << i << ": a waiting neighbour is not dead";
+  }
+  // Once back, every round is complete again.
+  const uint64_t m2 = s.nodes[1].proto->stats().merges, r2 = s.nodes[1].proto->age();
+  s.run_until(16);
+  const uint64_t m3 = s.nodes[1].proto->stats().merges, r3 = s.nodes[1].proto->age();
+  EXPECT_GT(r3, r2 + 20);
+  EXPECT_EQ(m3 - m2, 3 * (r3 - r2));
+  EXPECT_LT(s.spread(), 1e-2);
+  EXPECT_EQ(s.held.size(), 0u);
+}
+
+TEST(Dpsgd, StartsWithoutAMissingNeighbourAtTheStartupDeadline) {
+  log::Capture cap;
+  std::vector<double> starts(6, 0);
+  starts[2] = 1e9;  // never starts
+  Sim s(6, "dpsgd", no_training(), 0, [](ProtocolOptions& o) {
+    o.round_timeout_s = 1;
+    o.startup_timeout_s = 3;
+  }, starts);
+  s.run_until(2.9);
+  // Peers 1 and 3 wait for peer 2 (they may join round 0 when a neighbour sends its model, but
+  // not finish it), and nobody can run more than one round ahead of them.
+  for (int i = 0; i < 6; ++i) EXPECT_LE(s.nodes[i].proto->stats().wakeups, 1u) << "peer " << i;
+  EXPECT_EQ(s.nodes[1].proto->stats().wakeups, 0u) << "round 0 waits for every neighbour";
+  s.run_until(10);
+  EXPECT_GT(s.nodes[0].proto->stats().wakeups, 50u);
+  EXPECT_EQ(s.nodes[1].proto->stats().peers_down, 0u) << "never up, so never down";
+  EXPECT_TRUE(cap.contains("without 1 of 2 neighbours (inproc://n2)"));
 }
 
 }  // namespace
