@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include <algorithm>
 #include <charconv>
@@ -399,52 +400,67 @@ Result<PayloadHeader> CodecContext::encode(const CodecSpec& spec, const float* x
                                            float* residual, uint64_t seed,
                                            std::vector<uint8_t>* payload, Stream* s) {
   if (!payload) return Error(Code::kInvalidArgument, "encode: payload is null");
+  std::vector<uint8_t>& out = impl_->out;
+  out.resize(max_payload_bytes(spec, n));
+  MYCEL_ASSIGN_OR_RETURN(PayloadHeader h, encode_into(spec, x, n, residual, seed, out, s));
+  out.resize(kPayloadHeaderBytes + h.body_bytes);
+  payload->swap(out);
+  return h;
+}
+
+Result<PayloadHeader> CodecContext::encode_into(const CodecSpec& spec, const float* x, size_t n,
+                                                float* residual, uint64_t seed,
+                                                std::span<uint8_t> dst, Stream* s) {
   MYCEL_ASSIGN_OR_RETURN(PayloadHeader h, make_header(spec, n, seed));
   const size_t raw = h.body_bytes;
+  if (dst.size() < kPayloadHeaderBytes + raw && !(spec.zstd && raw > 0))
+    return Error(Code::kOutOfRange, fmt::format("encode: {} bytes cannot hold a payload of {}",
+                                                dst.size(), kPayloadHeaderBytes + raw));
+  if (dst.size() < kPayloadHeaderBytes)
+    return Error(Code::kOutOfRange, "encode: output shorter than a payload header");
+  uint8_t* body = dst.data() + kPayloadHeaderBytes;
+  const size_t cap = dst.size() - kPayloadHeaderBytes;
   const bool cpu = dev_.kind() == DeviceKind::kCpu;
-  std::vector<uint8_t>& out = impl_->out;
-  const uint8_t* host_body = nullptr;  // the raw body in host memory
-  if (cpu && !spec.zstd) {
-    out.resize(kPayloadHeaderBytes + raw);
-    MYCEL_CHECK(encode_body(dev_, h, x, residual, out.data() + kPayloadHeaderBytes, raw, s));
-  } else {
-    MYCEL_ASSIGN_OR_RETURN(uint8_t* stage, impl_->host_stage(std::max<size_t>(raw, 1)));
+  if (!spec.zstd || raw == 0) {
     if (cpu) {
-      MYCEL_CHECK(encode_body(dev_, h, x, residual, stage, raw, s));
+      MYCEL_CHECK(encode_body(dev_, h, x, residual, body, raw, s));
     } else {
-      // Only the encoded body crosses to the host.
+      // Only the encoded body crosses to the host, straight into its place in the payload.
       MYCEL_ASSIGN_OR_RETURN(uint8_t* dbody, impl_->device_body(std::max<size_t>(raw, 1)));
       MYCEL_CHECK(encode_body(dev_, h, x, residual, dbody, raw, s));
-      MYCEL_CHECK(dev_.copy(stage, dbody, raw, CopyKind::kDeviceToHost, s));
+      MYCEL_CHECK(dev_.copy(body, dbody, raw, CopyKind::kDeviceToHost, s));
       MYCEL_CHECK(dev_.sync(s));
     }
-    host_body = stage;
+    write_header(h, dst.data());
+    return h;
   }
-  if (spec.zstd && raw > 0) {
-    if (!impl_->cctx && !(impl_->cctx = ZSTD_createCCtx()))
-      return Error(Code::kNoResource, "zstd: cannot create a compression context");
-    const size_t bound = ZSTD_compressBound(raw);
-    out.resize(kPayloadHeaderBytes + bound);
-    size_t c = ZSTD_compressCCtx(impl_->cctx, out.data() + kPayloadHeaderBytes, bound, host_body,
-                                 raw, spec.zstd_level);
-    if (ZSTD_isError(c))
-      return Error(Code::kInternal, fmt::format("zstd compression failed: {}",
-                                                ZSTD_getErrorName(c)));
-    if (c < raw) {
-      h.flags |= kPayloadFlagZstd;
-      h.body_bytes = c;
-      out.resize(kPayloadHeaderBytes + c);
-    } else {
-      // Incompressible: send the raw body; the flag tells the receiver which it got.
-      out.resize(kPayloadHeaderBytes + raw);
-      std::memcpy(out.data() + kPayloadHeaderBytes, host_body, raw);
-    }
-  } else if (host_body) {
-    out.resize(kPayloadHeaderBytes + raw);
-    if (raw) std::memcpy(out.data() + kPayloadHeaderBytes, host_body, raw);
+  // zstd: the raw body is staged on the host, then compressed into place.
+  MYCEL_ASSIGN_OR_RETURN(uint8_t* stage, impl_->host_stage(raw));
+  if (cpu) {
+    MYCEL_CHECK(encode_body(dev_, h, x, residual, stage, raw, s));
+  } else {
+    MYCEL_ASSIGN_OR_RETURN(uint8_t* dbody, impl_->device_body(raw));
+    MYCEL_CHECK(encode_body(dev_, h, x, residual, dbody, raw, s));
+    MYCEL_CHECK(dev_.copy(stage, dbody, raw, CopyKind::kDeviceToHost, s));
+    MYCEL_CHECK(dev_.sync(s));
   }
-  write_header(h, out.data());
-  payload->swap(out);
+  if (!impl_->cctx && !(impl_->cctx = ZSTD_createCCtx()))
+    return Error(Code::kNoResource, "zstd: cannot create a compression context");
+  size_t c = ZSTD_compressCCtx(impl_->cctx, body, cap, stage, raw, spec.zstd_level);
+  if (!ZSTD_isError(c) && c < raw) {
+    h.flags |= kPayloadFlagZstd;
+    h.body_bytes = c;
+  } else if (ZSTD_isError(c) && ZSTD_getErrorCode(c) != ZSTD_error_dstSize_tooSmall) {
+    return Error(Code::kInternal, fmt::format("zstd compression failed: {}", ZSTD_getErrorName(c)));
+  } else {
+    // Incompressible (or no room for the compressed form): send the raw body; the flag tells
+    // the receiver which it got.
+    if (cap < raw)
+      return Error(Code::kOutOfRange, fmt::format("encode: {} bytes cannot hold a payload of {}",
+                                                  dst.size(), kPayloadHeaderBytes + raw));
+    std::memcpy(body, stage, raw);
+  }
+  write_header(h, dst.data());
   return h;
 }
 

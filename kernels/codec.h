@@ -116,6 +116,14 @@ class CodecContext {
   // Encodes into payload (header + body, zstd applied when spec.zstd). Returns the header.
   Result<PayloadHeader> encode(const CodecSpec& spec, const float* x, size_t n, float* residual,
                                uint64_t seed, std::vector<uint8_t>* payload, Stream* s = nullptr);
+  // The same, written in place into out (host memory, e.g. a frame buffer after its header or a
+  // registered send buffer): no intermediate copy of the body on the CPU device, one
+  // device-to-host copy of the encoded body on a GPU. out.size() >= max_payload_bytes(spec, n)
+  // always suffices; a smaller out that cannot hold the payload is kOutOfRange. The payload's
+  // length is header.body_bytes + kPayloadHeaderBytes.
+  Result<PayloadHeader> encode_into(const CodecSpec& spec, const float* x, size_t n,
+                                    float* residual, uint64_t seed, std::span<uint8_t> out,
+                                    Stream* s = nullptr);
   // Parses, decompresses if flagged, validates, then decodes / decode-merges. expected_n must
   // equal the header's n.
   Status decode(std::span<const uint8_t> payload, float* out, size_t expected_n, Stream* s = nullptr);

@@ -20,6 +20,22 @@ namespace mycel::cuda::train {
 
 const char* cublas_status_name(cublasStatus_t st);
 
+// cuBLAS is loaded on first use (dlopen), not linked: libcublasLt alone is half a gigabyte, and
+// a linked library is mapped and relocated at start-up by every process, including CPU-only
+// peers of a CUDA build (226 MB of resident memory each before this). Only the entry points
+// used here; their types come from cublas_v2.h (whose macros name the _v2 symbols).
+struct Cublas {
+  decltype(&cublasCreate) create = nullptr;
+  decltype(&cublasDestroy) destroy = nullptr;
+  decltype(&cublasSetStream) set_stream = nullptr;
+  decltype(&cublasSetWorkspace) set_workspace = nullptr;
+  decltype(&cublasSetMathMode) set_math_mode = nullptr;
+  decltype(&cublasSetPointerMode) set_pointer_mode = nullptr;
+  decltype(&cublasSgemm) sgemm = nullptr;
+};
+// The loaded library, or kUnavailable naming what failed (library or symbol not found).
+Result<const Cublas*> cublas();
+
 inline Status from_cublas(cublasStatus_t st, const char* expr, const char* file, int line) {
   return Error(Code::kInternal, std::string(expr) + " failed: " + cublas_status_name(st) + " (" +
                                     file + ":" + std::to_string(line) + ")");
@@ -49,6 +65,7 @@ struct StreamContext {
   std::mutex mu;
   int ordinal = 0;
   cudaStream_t stream = nullptr;
+  const Cublas* api = nullptr;
   cublasHandle_t blas = nullptr;
   void* blas_workspace = nullptr;
   size_t blas_workspace_bytes = 0;

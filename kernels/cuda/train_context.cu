@@ -1,6 +1,9 @@
 // cuda_train_kernels(): the CUDA twin of cpu_train_kernels(), and the per-(device, stream)
 // contexts its cuBLAS calls and reductions share.
+#include <dlfcn.h>
+
 #include <cstdlib>
+#include <type_traits>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -56,10 +59,12 @@ size_t blas_workspace_bytes(int ordinal) {
 }
 
 Status init_context(StreamContext* ctx) {
+  MYCEL_ASSIGN_OR_RETURN(ctx->api, cublas());
+  const Cublas& api = *ctx->api;
   cublasHandle_t h = nullptr;
-  MYCEL_CUBLAS_CHECK(cublasCreate(&h));
+  MYCEL_CUBLAS_CHECK(api.create(&h));
   ctx->blas = h;  // only a handle that was made is kept (and destroyed on a later failure)
-  MYCEL_CUBLAS_CHECK(cublasSetStream(ctx->blas, ctx->stream));
+  MYCEL_CUBLAS_CHECK(api.set_stream(ctx->blas, ctx->stream));
   const size_t ws = blas_workspace_bytes(ctx->ordinal);
   cudaError_t e = cudaMalloc(&ctx->blas_workspace, ws);
   if (e != cudaSuccess) {
@@ -70,17 +75,53 @@ Status init_context(StreamContext* ctx) {
   }
   ctx->blas_workspace_bytes = ws;
   // After cublasSetStream, which resets the workspace to the library's default pool.
-  MYCEL_CUBLAS_CHECK(cublasSetWorkspace(ctx->blas, ctx->blas_workspace, ws));
+  MYCEL_CUBLAS_CHECK(api.set_workspace(ctx->blas, ctx->blas_workspace, ws));
   // CUBLAS_DEFAULT_MATH keeps sgemm in true fp32 (no TF32) unless asked otherwise.
-  MYCEL_CUBLAS_CHECK(cublasSetMathMode(
+  MYCEL_CUBLAS_CHECK(api.set_math_mode(
       ctx->blas, tf32_allowed() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-  MYCEL_CUBLAS_CHECK(cublasSetPointerMode(ctx->blas, CUBLAS_POINTER_MODE_HOST));
+  MYCEL_CUBLAS_CHECK(api.set_pointer_mode(ctx->blas, CUBLAS_POINTER_MODE_HOST));
   MYCEL_LOG_DEBUG("kernels", "cuda:{} training context for stream {} (tf32 {})", ctx->ordinal,
                   static_cast<const void*>(ctx->stream), tf32_allowed() ? "on" : "off");
   return Ok();
 }
 
 }  // namespace
+
+#define MYCEL_STR2(x) #x
+#define MYCEL_STR(x) MYCEL_STR2(x)  // the macro-expanded name: cublasCreate -> "cublasCreate_v2"
+
+Result<const Cublas*> cublas() {
+  static const Result<const Cublas*> loaded = []() -> Result<const Cublas*> {
+    const std::string versioned = "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR);
+    void* lib = dlopen(versioned.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) lib = dlopen("libcublas.so", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      const char* why = dlerror();
+      return Error(Code::kUnavailable, "cannot load cuBLAS (" + versioned + "): " + (why ? why : "not found"));
+    }
+    static Cublas api;
+    bool ok = true;
+    std::string missing;
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+      if (!fn) {
+        ok = false;
+        missing += std::string(missing.empty() ? "" : ", ") + name;
+      }
+    };
+    sym(api.create, MYCEL_STR(cublasCreate));
+    sym(api.destroy, MYCEL_STR(cublasDestroy));
+    sym(api.set_stream, MYCEL_STR(cublasSetStream));
+    sym(api.set_workspace, MYCEL_STR(cublasSetWorkspace));
+    sym(api.set_math_mode, MYCEL_STR(cublasSetMathMode));
+    sym(api.set_pointer_mode, MYCEL_STR(cublasSetPointerMode));
+    sym(api.sgemm, MYCEL_STR(cublasSgemm));
+    if (!ok) return Error(Code::kUnavailable, versioned + " lacks " + missing);
+    MYCEL_LOG_DEBUG("kernels", "loaded {}", versioned);
+    return &api;
+  }();
+  return loaded;
+}
 
 Result<StreamContext*> context_for(Device& dev, Stream* s) {
   MYCEL_CHECK(use_device(dev));
@@ -99,7 +140,7 @@ Result<StreamContext*> context_for(Device& dev, Stream* s) {
   Status init = init_context(ctx.get());
   if (!init.is_ok()) {
     // Leave nothing half-made behind: the next call tries again.
-    if (ctx->blas) cublasDestroy(ctx->blas);
+    if (ctx->blas) ctx->api->destroy(ctx->blas);
     if (ctx->blas_workspace) cudaFree(ctx->blas_workspace);
     MYCEL_LOG_ERROR("kernels", "cuda:{} training context: {}", dev.ordinal(), init.message());
     return init;

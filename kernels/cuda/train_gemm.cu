@@ -16,7 +16,7 @@ Status gemm(Device& dev, bool trans_a, bool trans_b, int m, int n, int k, float 
   MYCEL_ASSIGN_OR_RETURN(StreamContext * ctx, context_for(dev, s));
   std::lock_guard<std::mutex> lock(ctx->mu);
   // beta == 0: cuBLAS does not read C, so stale NaNs in C do not survive (the contract).
-  MYCEL_CUBLAS_CHECK(cublasSgemm(ctx->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+  MYCEL_CUBLAS_CHECK(ctx->api->sgemm(ctx->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                  trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb, a,
                                  lda, &beta, c, ldc));
   return Ok();
