@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <deque>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <set>
@@ -31,12 +32,15 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxPendingCompute = 3;  // worker tasks queued before training is skipped
 namespace tp = mycel::transport;
 
-// Counters shared by the loop and the worker.
+// Counters shared by the loop and the worker. Bytes and frames sent are counted in one place:
+// when the transport reports a send complete (LivePeer::on_send_done), model frames being a
+// subset of all frames; a send that fails or is refused is not counted as sent.
 struct Metrics {
   std::atomic<uint64_t> bytes_sent{0}, bytes_received{0}, frames_sent{0}, frames_received{0};
   std::atomic<uint64_t> model_bytes_sent{0}, fp32_bytes_equivalent{0}, models_sent{0};
   std::atomic<uint64_t> merges{0}, train_steps{0}, rejected_frames{0}, rejected_payloads{0};
   std::atomic<uint64_t> dropped_sends{0}, send_failures{0}, skipped_steps{0};
+  std::atomic<uint64_t> unreached_sends{0};  // sends to peers never reached yet (not started)
   std::mutex mu;
   std::map<std::string, uint64_t> bytes_by_codec;  // model bytes sent per codec
 };
@@ -53,7 +57,16 @@ class LivePeer {
   void handle(std::vector<Action>& acts);
   void on_frame(tp::Frame&& f);
   void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries);
-  void send_bytes(const std::string& to, std::vector<uint8_t> bytes);
+  // What an in-flight send will count when it completes.
+  struct InFlight {
+    size_t bytes = 0;
+    size_t fp32_bytes = 0;  // model frames: what fp32 would have sent; 0 for other frames
+    std::string codec;      // model frames
+  };
+  void send_bytes(const std::string& to, std::vector<uint8_t> bytes, InFlight what);
+  void on_send_done(uint64_t token, bool ok);
+  void on_unreachable(const std::string& peer, const Status& why, bool count = true);
+  std::map<uint64_t, InFlight> inflight_;
   void flush_outbox();
   // One warning per peer when it becomes unreachable (a seed that is not up, a peer that died);
   // the peer-sampling layer retries it with backoff, and a frame from it clears the mark.
@@ -63,6 +76,8 @@ class LivePeer {
                      why.is_ok() ? std::string("connection closed") : why.to_string());
   }
   std::set<std::string> unreachable_, unknown_senders_;
+  std::set<std::string> reached_;  // peers heard from (a frame or a connection) at least once
+  double next_tick_ = 0;
   void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version, uint32_t part);
   void evaluate(double t);
   Status write_summary(double t);
@@ -96,7 +111,12 @@ class LivePeer {
   int partitions_ = 1;
   uint64_t next_handle_ = 0;
   std::mutex out_mu_;
-  std::deque<std::pair<std::string, std::vector<uint8_t>>> outbox_;
+  struct Outgoing {
+    std::string to;
+    std::vector<uint8_t> bytes;
+    InFlight what;
+  };
+  std::deque<Outgoing> outbox_;
   std::atomic<uint64_t> seq_{0};  // frame sequence numbers (loop and worker both send)
   Clock::time_point t0_ = Clock::now();
   FILE* csv_ = nullptr;
@@ -167,6 +187,8 @@ Status LivePeer::setup() {
   po.topology = cfg_.protocol.topology;
   po.degree = cfg_.protocol.degree;
   po.round_timeout_s = cfg_.protocol.peer_timeout_s;
+  po.startup_timeout_s = cfg_.protocol.startup_timeout_s;
+  po.max_rounds = cfg_.rounds;
   po.client_fraction = cfg_.protocol.client_fraction;
   po.local_epochs = cfg_.protocol.local_epochs;
   po.local_samples = fed_server ? 0 : shard_.n;
@@ -195,22 +217,48 @@ Status LivePeer::setup() {
   return Ok();
 }
 
-void LivePeer::send_bytes(const std::string& to, std::vector<uint8_t> bytes) {
-  size_t n = bytes.size();
+void LivePeer::send_bytes(const std::string& to, std::vector<uint8_t> bytes, InFlight what) {
+  what.bytes = bytes.size();
   uint64_t token = 0;
   Status s = tr_->send(to, std::move(bytes), &token);
   if (s.is_ok()) {
-    m_.bytes_sent += n;
-    ++m_.frames_sent;
+    inflight_[token] = std::move(what);
   } else if (s.code() == Code::kNoResource) {
     ++m_.dropped_sends;  // back-pressure: this exchange is skipped, the next period tries again
   } else {
-    ++m_.send_failures;
-    note_unreachable(to, s);
-    std::vector<Action> acts;
-    proto_->peer_down(now(), to, acts);
-    handle(acts);
+    on_unreachable(to, s);
   }
+}
+
+// A send to `peer` failed, or its connection closed. A peer never reached yet (it has not
+// started, or is starting) is not a failure: the protocol probes it until it answers.
+void LivePeer::on_unreachable(const std::string& peer, const Status& why, bool count) {
+  if (count) {
+    if (reached_.count(peer)) ++m_.send_failures;
+    else ++m_.unreached_sends;
+  }
+  if (reached_.count(peer)) note_unreachable(peer, why);
+  std::vector<Action> acts;
+  proto_->peer_down(now(), peer, acts);
+  handle(acts);
+}
+
+void LivePeer::on_send_done(uint64_t token, bool ok) {
+  auto it = inflight_.find(token);
+  if (it == inflight_.end()) return;
+  const InFlight& w = it->second;
+  if (ok) {
+    m_.bytes_sent += w.bytes;
+    ++m_.frames_sent;
+    if (w.fp32_bytes) {
+      m_.model_bytes_sent += w.bytes;
+      m_.fp32_bytes_equivalent += w.fp32_bytes;
+      ++m_.models_sent;
+      std::lock_guard lk(m_.mu);
+      m_.bytes_by_codec[w.codec] += w.bytes;
+    }
+  }
+  inflight_.erase(it);
 }
 
 void LivePeer::send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries) {
@@ -224,7 +272,7 @@ void LivePeer::send_view(const std::string& to, MsgKind kind, const std::vector<
     MYCEL_LOG_WARN("runtime", "cannot frame a view: {}", frame.status().to_string());
     return;
   }
-  send_bytes(to, std::move(frame).value());
+  send_bytes(to, std::move(frame).value(), InFlight{});
 }
 
 // Runs on the worker: encodes the model as it is now and queues the frame for the loop.
@@ -245,14 +293,17 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
   const size_t off = slice_begin(part), len = slice_begin(part + 1) - off;
   if (residual) residual += off;
   const uint64_t seq = ++seq_;
-  std::vector<uint8_t> payload;
-  auto hdr = enc_->encode(*spec, model_->params().data() + off, len, residual,
-                          (static_cast<uint64_t>(args_.id) << 40) ^ seq,  // randk index seed
-                          &payload);
+  // The codec writes the payload in place after the frame header; seal_frame fills the header:
+  // the model's bytes are written once, into the buffer the transport sends.
+  std::vector<uint8_t> frame = tp::make_frame_buffer(max_payload_bytes(*spec, len));
+  auto hdr = enc_->encode_into(*spec, model_->params().data() + off, len, residual,
+                               (static_cast<uint64_t>(args_.id) << 40) ^ seq,  // randk index seed
+                               std::span<uint8_t>(frame).subspan(tp::kFrameHeaderBytes));
   if (!hdr) {
     MYCEL_LOG_WARN("runtime", "not sending the model: {}", hdr.status().to_string());
     return;
   }
+  frame.resize(tp::kFrameHeaderBytes + kPayloadHeaderBytes + hdr->body_bytes);
   tp::FrameHeader h;
   h.type = tp::MessageType::kModel;
   h.flags = kind == MsgKind::kModelReply ? tp::kFlagReply : 0;
@@ -262,26 +313,24 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
   h.model_version = partitions_ > 1 ? part : version;
   h.codec = static_cast<uint8_t>(spec->id);
   h.param_count = len;
-  auto frame = tp::encode_frame(h, payload);
-  if (!frame) return;
-  m_.model_bytes_sent += frame->size();
-  m_.fp32_bytes_equivalent += tp::kFrameHeaderBytes + kPayloadHeaderBytes + 4 * len;
-  ++m_.models_sent;
-  {
-    std::lock_guard lk(m_.mu);
-    m_.bytes_by_codec[p->codec] += frame->size();
+  if (Status st = tp::seal_frame(h, frame); !st.is_ok()) {
+    MYCEL_LOG_WARN("runtime", "not sending the model: {}", st.to_string());
+    return;
   }
+  InFlight what;
+  what.fp32_bytes = tp::kFrameHeaderBytes + kPayloadHeaderBytes + 4 * len;
+  what.codec = p->codec;
   std::lock_guard lk(out_mu_);
-  outbox_.emplace_back(to, std::move(frame).value());
+  outbox_.push_back(Outgoing{to, std::move(frame), std::move(what)});
 }
 
 void LivePeer::flush_outbox() {
-  std::deque<std::pair<std::string, std::vector<uint8_t>>> out;
+  std::deque<Outgoing> out;
   {
     std::lock_guard lk(out_mu_);
     out.swap(outbox_);
   }
-  for (auto& [to, bytes] : out) send_bytes(to, std::move(bytes));
+  for (auto& o : out) send_bytes(o.to, std::move(o.bytes), std::move(o.what));
 }
 
 // Carries out the core's actions.
@@ -317,9 +366,10 @@ void LivePeer::handle(std::vector<Action>& acts) {
         }
       });
     } else if (auto* t = std::get_if<Train>(&a)) {
-      // Compute is the bottleneck: when the worker is already behind, skip this training
-      // rather than queue it, so merges and sends are not delayed behind a growing backlog.
-      if (worker_.pending() > kMaxPendingCompute) {
+      // Compute is the bottleneck: when the worker is already behind, an asynchronous protocol
+      // skips this training rather than queue it, so merges and sends are not delayed behind a
+      // growing backlog. Round-based protocols never skip: a skipped step is lost to the round.
+      if (proto_->may_skip_training() && worker_.pending() > kMaxPendingCompute) {
         proto_->training_skipped(t->steps);
         m_.skipped_steps += static_cast<uint64_t>(t->steps);
         continue;
@@ -335,8 +385,10 @@ void LivePeer::handle(std::vector<Action>& acts) {
         if (st.is_ok()) m_.train_steps += static_cast<uint64_t>(steps);
         else MYCEL_LOG_WARN("runtime", "training failed: {}", st.to_string());
       });
-    } else if (std::get_if<SetTimer>(&a)) {
-      // The loop asks the core at every wake-up; the earliest timer is kept there.
+    } else if (auto* tm = std::get_if<SetTimer>(&a)) {
+      // The timer contract: the earliest SetTimer from any input wins; tick() clears the timer
+      // first, so the timers a tick() returns replace the earlier ones.
+      next_tick_ = std::min(next_tick_, tm->at);
     }
   }
 }
@@ -345,6 +397,7 @@ void LivePeer::on_frame(tp::Frame&& f) {
   ++m_.frames_received;
   m_.bytes_received += f.bytes.size();
   unreachable_.erase(f.from);
+  reached_.insert(f.from);
   // Fixed-membership protocols (D-PSGD, FedAvg) take frames from the listed peers only.
   if (!args_.peers.empty() && (cfg_.protocol.name == "dpsgd" || cfg_.protocol.name == "fedavg") &&
       std::find(args_.peers.begin(), args_.peers.end(), f.from) == args_.peers.end()) {
@@ -465,7 +518,7 @@ Status LivePeer::write_summary(double t) {
                "\"frames_sent\":%llu,\"frames_received\":%llu,\"model_bytes_sent\":%llu,"
                "\"fp32_bytes_equivalent\":%llu,\"models_sent\":%llu,\"merges\":%llu,\"train_steps\":%llu,"
                "\"rejected_frames\":%llu,\"rejected_payloads\":%llu,\"dropped_sends\":%llu,"
-               "\"send_failures\":%llu,\"skipped_steps\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s},"
+               "\"send_failures\":%llu,\"unreached_sends\":%llu,\"skipped_steps\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s},"
                "\"links\":[%s]}\n",
                args_.id, tr_->local_address().c_str(), t, static_cast<unsigned long long>(proto_->age()),
                last_acc_.load(), last_loss_.load(), shard_.n,
@@ -482,6 +535,7 @@ Status LivePeer::write_summary(double t) {
                static_cast<unsigned long long>(m_.rejected_payloads.load()),
                static_cast<unsigned long long>(m_.dropped_sends.load()),
                static_cast<unsigned long long>(m_.send_failures.load()),
+               static_cast<unsigned long long>(m_.unreached_sends.load()),
                static_cast<unsigned long long>(m_.skipped_steps.load()),
                static_cast<unsigned long long>(ps.wakeups), static_cast<unsigned long long>(ps.peers_down),
                codecs.c_str(), links.c_str());
@@ -492,11 +546,10 @@ Status LivePeer::write_summary(double t) {
 Status LivePeer::run(const std::atomic<bool>* stop) {
   t0_ = Clock::now();
   std::vector<Action> acts;
+  next_tick_ = std::numeric_limits<double>::infinity();
   proto_->start(0, acts);
   handle(acts);
-  double next_tick = 0;
-  for (auto& a : acts)
-    if (auto* t = std::get_if<SetTimer>(&a)) next_tick = t->at;
+  if (!std::isfinite(next_tick_)) next_tick_ = 1.0;
   double next_eval = 0;
   const double duration = cfg_.duration_s;
   for (;;) {
@@ -509,16 +562,15 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
       worker_.post([this, t] { evaluate(t); });
       next_eval = t + cfg_.eval.every_s;
     }
-    if (t >= next_tick) {
+    if (t >= next_tick_) {
       acts.clear();
+      next_tick_ = std::numeric_limits<double>::infinity();
       proto_->tick(t, acts);
       handle(acts);
-      next_tick = t + 1.0;
-      for (auto& a : acts)
-        if (auto* tm = std::get_if<SetTimer>(&a)) next_tick = tm->at;
+      if (!std::isfinite(next_tick_)) next_tick_ = t + 1.0;
     }
     flush_outbox();
-    double wait = std::min({next_tick, next_eval, duration > 0 ? duration : 1e18}) - now();
+    double wait = std::min({next_tick_, next_eval, duration > 0 ? duration : 1e18}) - now();
     if (worker_.pending() > 0) wait = std::min(wait, 0.002);  // an encode may queue a send
     wait = std::clamp(wait, 0.0, 0.25);
     for (auto& e : tr_->poll(wait)) {
@@ -527,14 +579,20 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
         case tp::EventKind::kFrame:
           on_frame(std::move(e.frame));
           break;
+        case tp::EventKind::kSendComplete:
+          on_send_done(e.token, true);
+          break;
         case tp::EventKind::kPeerUp:
+          reached_.insert(e.peer);
+          unreachable_.erase(e.peer);
           proto_->peer_up(now(), e.peer, a2);
           break;
-        case tp::EventKind::kPeerDown:
         case tp::EventKind::kSendFailed:
-          if (e.kind == tp::EventKind::kSendFailed) ++m_.send_failures;
-          note_unreachable(e.peer, e.status);
-          proto_->peer_down(now(), e.peer, a2);
+          on_send_done(e.token, false);
+          on_unreachable(e.peer, e.status);
+          break;
+        case tp::EventKind::kPeerDown:
+          on_unreachable(e.peer, e.status, false);
           break;
         default:
           break;
@@ -544,6 +602,12 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
   }
   worker_.drain();
   flush_outbox();
+  // Sends still in flight complete (and are counted) before the figures are written.
+  for (auto until = Clock::now() + std::chrono::seconds(2); !inflight_.empty() && Clock::now() < until;)
+    for (auto& e : tr_->poll(0.05)) {
+      if (e.kind == tp::EventKind::kSendComplete) on_send_done(e.token, true);
+      else if (e.kind == tp::EventKind::kSendFailed) on_send_done(e.token, false);
+    }
   double t_end = now();
   age_seen_ = proto_->age();
   worker_.post([this, t_end] { evaluate(t_end); });

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +19,8 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+
+#include <fmt/format.h>
 
 #include "common/log.h"
 
@@ -175,10 +178,15 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
     for (int i = 0; i < n; ++i) {
       if (!kids[i].running) continue;
       int st = 0;
-      pid_t r = waitpid(kids[i].pid, &st, WNOHANG);
+      struct rusage ru {};
+      pid_t r = wait4(kids[i].pid, &st, WNOHANG, &ru);
       if (r == kids[i].pid) {
         kids[i].running = false;
         kids[i].status = st;
+        // What the peer process cost: its peak resident set and its CPU time (user + sys).
+        sum.peer_rss_bytes.push_back(static_cast<uint64_t>(ru.ru_maxrss) * 1024);
+        sum.peer_cpu_s.push_back(static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                                 1e-6 * static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec));
         --running;
         bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
         if (!ok) {
@@ -261,6 +269,12 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
     sum.acc_mean = t / accs.size();
   }
   sum.bytes_per_peer_per_s = sum.seconds > 0 ? sum.bytes_sent / (sum.seconds * n) : 0;
+  sum.rounds = cfg.rounds;
+  std::ostringstream rss_json, cpu_json;
+  for (size_t i = 0; i < sum.peer_rss_bytes.size(); ++i) {
+    rss_json << (i ? "," : "") << sum.peer_rss_bytes[i];
+    cpu_json << (i ? "," : "") << sum.peer_cpu_s[i];
+  }
   std::ofstream js(sum.run_dir + "/summary.json");
   js << "{\"name\":\"" << cfg.name << "\",\"peers\":" << n << ",\"finished\":" << sum.finished
      << ",\"crashed\":" << sum.crashed << ",\"seconds\":" << sum.seconds << ",\"protocol\":\"" << cfg.protocol.name
@@ -269,7 +283,8 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
      << ",\"accuracy_min\":" << sum.acc_min << ",\"accuracy_max\":" << sum.acc_max
      << ",\"bytes_sent\":" << sum.bytes_sent << ",\"model_bytes_sent\":" << sum.model_bytes_sent
      << ",\"fp32_bytes_equivalent\":" << sum.fp32_bytes_equivalent << ",\"merges\":" << sum.merges
-     << ",\"bytes_per_peer_per_s\":" << sum.bytes_per_peer_per_s << ",\"per_peer\":[" << peers_json.str() << "]}\n";
+     << ",\"bytes_per_peer_per_s\":" << sum.bytes_per_peer_per_s << ",\"peer_rss_bytes\":[" << rss_json.str()
+     << "],\"peer_cpu_s\":[" << cpu_json.str() << "],\"per_peer\":[" << peers_json.str() << "]}\n";
   if (accs.empty()) return Error(Code::kInternal, "no peer finished; see the logs in " + sum.run_dir);
   return sum;
 }
@@ -297,6 +312,21 @@ std::string format_summary(const SwarmSummary& s) {
   os << line;
   std::snprintf(line, sizeof line, "  %-34s %llu\n", "merges", static_cast<unsigned long long>(s.merges));
   os << line;
+  if (!s.peer_rss_bytes.empty()) {
+    std::vector<uint64_t> rss = s.peer_rss_bytes;
+    std::sort(rss.begin(), rss.end());
+    double cpu = 0;
+    for (double c : s.peer_cpu_s) cpu += c;
+    std::snprintf(line, sizeof line, "  %-34s median %s  max %s\n", "peak RSS per peer process",
+                  human_bytes(static_cast<double>(rss[rss.size() / 2])).c_str(),
+                  human_bytes(static_cast<double>(rss.back())).c_str());
+    os << line;
+    std::snprintf(line, sizeof line, "  %-34s %.2f s", "CPU time of the peers (user+sys)", cpu);
+    os << line;
+    if (s.rounds > 0)
+      os << fmt::format(" ({:.3f} ms per node-round)", 1e3 * cpu / (static_cast<double>(s.rounds) * rss.size()));
+    os << "\n";
+  }
   return os.str();
 }
 

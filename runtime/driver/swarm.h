@@ -29,6 +29,10 @@ struct SwarmSummary {
   double acc_mean = 0, acc_min = 0, acc_max = 0;
   uint64_t bytes_sent = 0, model_bytes_sent = 0, fp32_bytes_equivalent = 0, merges = 0;
   double bytes_per_peer_per_s = 0;
+  // Per peer process that exited (in exit order): peak RSS and CPU time (user + sys), from wait4.
+  std::vector<uint64_t> peer_rss_bytes;
+  std::vector<double> peer_cpu_s;
+  uint64_t rounds = 0;  // run.rounds, for the CPU time per node-round
 };
 
 Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>* stop);
