@@ -24,6 +24,32 @@ std::string version_text() {
   return v;
 }
 
+// The global options (--device, --threads, --log-level) are accepted before or after the
+// subcommand, at any depth ("mycel bench merge --device cpu" as well as
+// "mycel --device cpu bench merge"), and every subcommand's --help lists them. Each
+// subcommand gets its own copy of the options, bound to the same variables; a subcommand that
+// defines one itself (mycel train --device) keeps its own.
+struct Globals {
+  std::string* log_level;
+  mycel::cli::Common* common;
+};
+
+void add_global_options(CLI::App& app, const Globals& g, bool top) {
+  auto* grp = app.add_option_group("Global options", "accepted before or after the subcommand");
+  if (!app.get_option_no_throw("--log-level")) {
+    auto* o = grp->add_option("--log-level", *g.log_level,
+                              "log levels: LEVEL or LEVEL,SUBSYSTEM=LEVEL,... (trace debug info warn error "
+                              "off); also from MYCEL_LOG");
+    if (top) o->envname("MYCEL_LOG");
+  }
+  if (!app.get_option_no_throw("--device"))
+    grp->add_option("--device", g.common->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  if (!app.get_option_no_throw("--threads"))
+    grp->add_option("--threads", g.common->threads, "CPU threads (0: all cores)")->capture_default_str();
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+    if (!dynamic_cast<CLI::Option_group*>(sub)) add_global_options(*sub, g, false);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -32,13 +58,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", version_text());
   std::string log_level;
-  app.add_option("--log-level", log_level,
-                 "log levels: LEVEL or LEVEL,SUBSYSTEM=LEVEL,... (trace debug info warn error off); "
-                 "also from MYCEL_LOG")
-      ->envname("MYCEL_LOG");
   mycel::cli::Common common;
-  app.add_option("--device", common.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
-  app.add_option("--threads", common.threads, "CPU threads (0: all cores)")->capture_default_str();
   app.parse_complete_callback([&] {
     if (!log_level.empty() && !mycel::log::set_levels(log_level))
       throw CLI::ValidationError("--log-level", "malformed level spec '" + log_level + "'");
@@ -55,6 +75,7 @@ int main(int argc, char** argv) {
   mycel::cli::add_run_commands(app, common);
   mycel::cli::add_data_commands(app, common);
   mycel::cli::add_train_command(app, common);
+  add_global_options(app, Globals{&log_level, &common}, true);
 
   try {
     app.parse(argc, argv);
