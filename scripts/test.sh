@@ -20,25 +20,42 @@ while [ $# -gt 0 ]; do
 done
 
 jobs=$(nproc)
+# Each stage prints its wall time, and the total closes the run (docs/benchmarks.md says what
+# a cold CI takes here).
+t_start=$SECONDS
+timings=()
+stage() {  # stage NAME CMD...
+  local name="$1" t0=$SECONDS
+  shift
+  echo "== $name"
+  "$@"
+  timings+=("$(printf '%-28s %5d s' "$name" $((SECONDS - t0)))")
+  echo "== $name: $((SECONDS - t0)) s"
+}
+summary() {
+  echo "== stage times"
+  printf '   %s\n' "${timings[@]}"
+  echo "   total                        $((SECONDS - t_start)) s"
+}
+
 # The data sets the tests read (copied from Debian packages / shared data; no network).
 if [ -x scripts/fetch-data.sh ]; then
-  scripts/fetch-data.sh --tests
+  stage "data" scripts/fetch-data.sh --tests
 fi
 
-echo "== release build and tests"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build -j "$jobs"
-ctest --test-dir build --output-on-failure -j "$jobs"
+stage "release configure" cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+stage "release build" cmake --build build -j "$jobs"
+stage "release tests" ctest --test-dir build --output-on-failure -j "$jobs"
 
-if [ "$quick" = 1 ]; then exit 0; fi
+if [ "$quick" = 1 ]; then summary; exit 0; fi
 
-echo "== asan + ubsan build and tests"
-cmake --preset asan
-cmake --build --preset asan -j "$jobs"
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build/asan --output-on-failure -j "$jobs"
+stage "asan configure" cmake --preset asan
+stage "asan build" cmake --build --preset asan -j "$jobs"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+stage "asan tests" ctest --test-dir build/asan --output-on-failure -j "$jobs"
+unset ASAN_OPTIONS UBSAN_OPTIONS
 
 if [ -x scripts/fuzz.sh ]; then
-  echo "== fuzzing the frame decoder for ${fuzz_seconds}s"
-  scripts/fuzz.sh "$fuzz_seconds"
+  stage "fuzzing (${fuzz_seconds} s)" scripts/fuzz.sh "$fuzz_seconds"
 fi
+summary
