@@ -12,6 +12,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
+#include <random>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -233,6 +235,103 @@ TEST(Swarm, BadConfigIsAClearErrorNotAHang) {
   pid_t pid = spawn({mycel_bin(), "run", (dir / "bad.yaml").string()}, (dir / "log").string());
   EXPECT_EQ(wait_exit(pid), 2);
   EXPECT_NE(slurp((dir / "log").string()).find("peers.count"), std::string::npos);
+}
+
+}  // namespace
+
+namespace {
+
+// D-PSGD through real processes started in a random order with random delays (0-5 s): nobody
+// runs rounds alone before its neighbours answer, every round of every peer merges both ring
+// neighbours, nobody is counted as down, and the swarm learns.
+TEST(Swarm, DpsgdPeersStartedInRandomOrderCompleteEveryRound) {
+  REQUIRE_RUNTIME();
+  fs::path dir = temp_dir("dpsgd-order");
+  const int n = 6, rounds = 40;
+  std::ofstream(dir / "c.yaml") << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                                   "train:\n  lr: 0.1\n  local_steps: 5\nprotocol:\n  name: dpsgd\n  topology: ring\n"
+                                   "  peer_timeout_s: 10\n  startup_timeout_s: 60\ncodec:\n  spec: fp32\n"
+                                   "peers:\n  count: " << n << "\nrun:\n  duration_s: 0\n  rounds: " << rounds
+                                << "\neval:\n  every_s: 1\n";
+  std::vector<std::string> addr;
+  for (int i = 0; i < n; ++i) addr.push_back("ucx://127.0.0.1:" + std::to_string(free_port()));
+  std::string peers;
+  for (const auto& a : addr) peers += (peers.empty() ? "" : ",") + a;
+  std::vector<int> order(n);
+  for (int i = 0; i < n; ++i) order[i] = i;
+  std::mt19937 rng(static_cast<unsigned>(getpid()));
+  std::shuffle(order.begin(), order.end(), rng);
+  std::uniform_int_distribution<int> delay_ms(0, 5000 / n);  // 0-5 s in all
+  std::vector<pid_t> pids(n);
+  for (int i : order) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
+    pids[i] = spawn({mycel_bin(), "--log-level", "info", "--threads", "1", "peer", "--config", (dir / "c.yaml").string(),
+                     "--id", std::to_string(i), "--listen", addr[i], "--peers", peers, "--out", (dir / "out").string()},
+                    (dir / ("p" + std::to_string(i) + ".log")).string());
+  }
+  for (int i = 0; i < n; ++i)
+    ASSERT_EQ(wait_exit(pids[i]), 0) << slurp((dir / ("p" + std::to_string(i) + ".log")).string());
+  for (int i = 0; i < n; ++i) {
+    std::string j = slurp((dir / "out" / ("peer-" + std::to_string(i) + ".json")).string());
+    ASSERT_FALSE(j.empty()) << "peer " << i;
+    EXPECT_EQ(json_number(j, "age"), rounds) << "peer " << i << ": " << j;
+    EXPECT_EQ(json_number(j, "merges"), 2 * rounds) << "peer " << i << ": every round merges both neighbours: " << j;
+    EXPECT_EQ(json_number(j, "peers_down"), 0) << "peer " << i << ": a peer not started yet is not down: " << j;
+    EXPECT_EQ(json_number(j, "skipped_steps"), 0) << "peer " << i << ": " << j;
+    EXPECT_GT(json_number(j, "test_accuracy"), 0.85) << "peer " << i << ": " << j;
+    // Bytes counted once, at completion: models are a subset of everything sent.
+    EXPECT_LE(json_number(j, "model_bytes_sent"), json_number(j, "bytes_sent")) << j;
+    EXPECT_GT(json_number(j, "model_bytes_sent"), 0) << j;
+  }
+}
+
+// A D-PSGD peer killed (SIGKILL) mid-run and restarted on its own address: its neighbours wait
+// for it (it is silent, not yet down), go on once it is down, and take it back when it returns;
+// the restarted peer jumps to their round instead of replaying.
+TEST(Swarm, DpsgdPeerKilledAndRestartedRejoins) {
+  REQUIRE_RUNTIME();
+  fs::path dir = temp_dir("dpsgd-kill");
+  const int n = 4;
+  std::ofstream(dir / "c.yaml") << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                                   "train:\n  lr: 0.1\n  local_steps: 200\nprotocol:\n  name: dpsgd\n  topology: ring\n"
+                                   "  peer_timeout_s: 2\ncodec:\n  spec: fp32\npeers:\n  count: " << n
+                                << "\nrun:\n  duration_s: 14\n"
+                                   "eval:\n  every_s: 1\n";
+  std::vector<std::string> addr;
+  for (int i = 0; i < n; ++i) addr.push_back("ucx://127.0.0.1:" + std::to_string(free_port()));
+  std::string peers;
+  for (const auto& a : addr) peers += (peers.empty() ? "" : ",") + a;
+  auto args = [&](int i, const std::string& out) {
+    return std::vector<std::string>{mycel_bin(), "--log-level", "info", "--threads", "1", "peer", "--config",
+                                    (dir / "c.yaml").string(), "--id", std::to_string(i), "--listen", addr[i],
+                                    "--peers", peers, "--out", (dir / out).string()};
+  };
+  // The old port must be usable at once, with the neighbours' connections to it just cut.
+  setenv("UCX_TCP_CM_REUSEADDR", "y", 1);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) pids.push_back(spawn(args(i, "out"), (dir / ("p" + std::to_string(i) + ".log")).string()));
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  kill(pids[2], SIGKILL);
+  EXPECT_EQ(wait_exit(pids[2]), 128 + SIGKILL);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  pid_t back = spawn(args(2, "again"), (dir / "p2-again.log").string());
+  for (int i : {0, 1, 3}) EXPECT_EQ(wait_exit(pids[i]), 0) << slurp((dir / ("p" + std::to_string(i) + ".log")).string());
+  // The restarted peer runs its own 14 s; its neighbours may be gone before then.
+  kill(back, SIGTERM);
+  EXPECT_EQ(wait_exit(back), 0) << slurp((dir / "p2-again.log").string());
+  unsetenv("UCX_TCP_CM_REUSEADDR");
+  std::string j1 = slurp((dir / "out" / "peer-1.json").string()), j3 = slurp((dir / "out" / "peer-3.json").string());
+  std::string j0 = slurp((dir / "out" / "peer-0.json").string());
+  std::string again = slurp((dir / "again" / "peer-2.json").string());
+  ASSERT_FALSE(j1.empty() || j3.empty() || again.empty());
+  // Peers 1 and 3 are peer 2's neighbours on the ring: they saw it go down once.
+  EXPECT_EQ(json_number(j1, "peers_down"), 1) << j1;
+  EXPECT_EQ(json_number(j3, "peers_down"), 1) << j3;
+  EXPECT_EQ(json_number(j0, "peers_down"), 0) << "peer 0 waited for neighbours that waited: " << j0;
+  EXPECT_GT(json_number(again, "merges"), 0) << "the restarted peer was not taken back: " << again;
+  EXPECT_GT(json_number(again, "age"), 3) << "the restarted peer should jump to its neighbours' round: " << again;
+  for (const auto* j : {&j0, &j1, &j3}) EXPECT_GT(json_number(*j, "test_accuracy"), 0.85) << *j;
+  EXPECT_NE(slurp((dir / "p1.log").string()).find("silent for"), std::string::npos);
 }
 
 }  // namespace
