@@ -361,8 +361,14 @@ Result<CacheFile> acquire(std::string_view name, const LoadOptions& opt, const C
       why += (why.empty() ? "" : "; ") + st.message();
       continue;
     }
-    while (::flock(lock.get(), LOCK_EX) != 0) {
-      if (errno != EINTR) return sys_error("lock", lock_path, errno);
+    int rc;
+    while ((rc = ::flock(lock.get(), LOCK_EX)) != 0 && errno == EINTR) {
+    }
+    if (rc != 0) {  // ENOLCK on some network file systems: try the next folder
+      const Status st = sys_error("lock", lock_path, errno);
+      MYCEL_LOG_DEBUG("models", "data cache: {}", st.message());
+      why += (why.empty() ? "" : "; ") + st.message();
+      continue;
     }
     // Under the lock: another process may have built it while this one waited.
     auto c = open_cache(path, key);
