@@ -43,30 +43,72 @@ Result<DeviceData> DeviceData::upload(Device& dev, const data::Dataset& d) {
   return out;
 }
 
+Result<DeviceData> DeviceData::allocate(Device& dev, size_t n, size_t dim, int classes) {
+  if (n == 0 || dim == 0) return Error(Code::kInvalidArgument, "device data: no rows or no features");
+  if (n > size_t(INT32_MAX)) return Error(Code::kInvalidArgument, "data set over 2^31 rows");
+  DeviceData out;
+  out.n = n;
+  out.dim = dim;
+  out.classes = classes;
+  MYCEL_ASSIGN_OR_RETURN(out.x, Buffer<float>::make(dev, n * dim));
+  MYCEL_ASSIGN_OR_RETURN(out.y, Buffer<int32_t>::make(dev, n));
+  return out;
+}
+
+Status DeviceData::write_rows(Device& dev, size_t row0, const data::Dataset& block) {
+  if (block.dim != dim || block.x.size() != block.n * dim || block.y.size() != block.n ||
+      row0 > n || block.n > n - row0)
+    return Error(Code::kInvalidArgument, "device data: a block of rows that does not fit");
+  for (int32_t label : block.y)
+    if (label < 0 || label >= classes)
+      return Error(Code::kInvalidArgument, "data set '" + block.name + "': label " +
+                                               std::to_string(label) + " outside [0, " +
+                                               std::to_string(classes) + ")");
+  MYCEL_CHECK(dev.copy(x.data() + row0 * dim, block.x.data(), block.x.size() * sizeof(float),
+                       CopyKind::kHostToDevice));
+  MYCEL_CHECK(dev.copy(y.data() + row0, block.y.data(), block.y.size() * sizeof(int32_t),
+                       CopyKind::kHostToDevice));
+  return dev.sync();
+}
+
 Result<std::unique_ptr<Trainer>> Trainer::create(Model& model, const data::Dataset& train,
                                                  const TrainConfig& cfg) {
-  if (cfg.batch <= 0) return Error(Code::kInvalidArgument, "batch must be positive");
   const InputShape& in = model.input();
   if (train.dim != in.dim || train.classes != in.classes)
     return Error(Code::kInvalidArgument,
                  "data set '" + train.name + "' (dim " + std::to_string(train.dim) + ", " +
                      std::to_string(train.classes) + " classes) does not fit the model (dim " +
                      std::to_string(in.dim) + ", " + std::to_string(in.classes) + " classes)");
+  MYCEL_ASSIGN_OR_RETURN(auto d, DeviceData::upload(model.device(), train));
+  return create(model, std::move(d), cfg);
+}
+
+Result<std::unique_ptr<Trainer>> Trainer::create(Model& model, DeviceData train_data,
+                                                 const TrainConfig& cfg) {
+  if (cfg.batch <= 0) return Error(Code::kInvalidArgument, "batch must be positive");
+  const InputShape& in = model.input();
+  if (train_data.dim != in.dim || train_data.classes != in.classes || train_data.n == 0)
+    return Error(Code::kInvalidArgument,
+                 "training data (" + std::to_string(train_data.n) + " rows, dim " +
+                     std::to_string(train_data.dim) + ", " + std::to_string(train_data.classes) +
+                     " classes) does not fit the model (dim " + std::to_string(in.dim) + ", " +
+                     std::to_string(in.classes) + " classes)");
   std::unique_ptr<Trainer> t(new Trainer());
   t->model_ = &model;
   t->cfg_ = cfg;
   Device& dev = model.device();
   MYCEL_ASSIGN_OR_RETURN(t->sgd_, Sgd::create(model, cfg.momentum, cfg.weight_decay, cfg.schedule));
-  MYCEL_ASSIGN_OR_RETURN(t->data_, DeviceData::upload(dev, train));
-  const int batch = int(std::min<size_t>(size_t(cfg.batch), train.n));
-  MYCEL_ASSIGN_OR_RETURN(t->order_, Buffer<int32_t>::make(dev, train.n));
-  MYCEL_ASSIGN_OR_RETURN(t->xb_, Buffer<float>::make(dev, size_t(batch) * train.dim));
+  t->data_ = std::move(train_data);
+  const size_t n = t->data_.n, dim = t->data_.dim;
+  const int batch = int(std::min<size_t>(size_t(cfg.batch), n));
+  MYCEL_ASSIGN_OR_RETURN(t->order_, Buffer<int32_t>::make(dev, n));
+  MYCEL_ASSIGN_OR_RETURN(t->xb_, Buffer<float>::make(dev, size_t(batch) * dim));
   MYCEL_ASSIGN_OR_RETURN(t->yb_, Buffer<int32_t>::make(dev, size_t(batch)));
   MYCEL_ASSIGN_OR_RETURN(t->acc_, Buffer<float>::make(dev, 2));
   MYCEL_CHECK(dev.memset(t->acc_.data(), 0, t->acc_.bytes()));
   MYCEL_CHECK(model.reserve(batch));
   t->cfg_.batch = batch;
-  t->cursor_ = train.n;  // train_steps draws an order on first use
+  t->cursor_ = n;  // train_steps draws an order on first use
   return t;
 }
 

@@ -23,6 +23,9 @@ struct DeviceData {
   size_t n = 0, dim = 0;
   int classes = 0;
   static Result<DeviceData> upload(Device& dev, const data::Dataset& d);
+  // Room for n rows, written block by block with write_rows (rows [row0, row0 + block.n)).
+  static Result<DeviceData> allocate(Device& dev, size_t n, size_t dim, int classes);
+  Status write_rows(Device& dev, size_t row0, const data::Dataset& block);
 };
 
 // The input shape a model needs for a data set.
@@ -56,6 +59,9 @@ struct EvalStats {
 class Trainer {
  public:
   // Uploads `train` to the model's device. The model must match the data (dim, classes).
+  // The same with the data already on the device (e.g. written there a block at a time).
+  static Result<std::unique_ptr<Trainer>> create(Model& model, DeviceData train,
+                                                 const TrainConfig& cfg);
   static Result<std::unique_ptr<Trainer>> create(Model& model, const data::Dataset& train,
                                                  const TrainConfig& cfg);
 

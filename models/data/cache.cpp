@@ -438,9 +438,27 @@ Status read_rows(const CacheFile& c, const SectionHeader& s, std::span<const int
   return check_features(out, c.path);
 }
 
+// The shard through a sink, a block of rows at a time (the shape first).
+Status sink_rows(const Dataset& shape, const RowSink& sink,
+                 const std::function<Status(size_t row0, Dataset& block)>& read_block) {
+  MYCEL_CHECK(sink.begin(shape));
+  const size_t step = std::max<size_t>(1, sink.block_rows);
+  Dataset block = shape;
+  for (size_t r = 0; r < shape.n; r += step) {
+    const size_t n = std::min(step, shape.n - r);
+    block.n = n;
+    block.x.resize(n * shape.dim);
+    block.y.resize(n);
+    MYCEL_CHECK(read_block(r, block));
+    MYCEL_CHECK(sink.rows(r, block));
+  }
+  return Ok();
+}
+
 Result<PeerData> read_peer_data(const CacheFile& c, std::string_view name, const LoadOptions& opt,
                                 const PartitionSpec& spec, size_t holders,
-                                std::optional<size_t> shard, uint64_t partition_seed) {
+                                std::optional<size_t> shard, uint64_t partition_seed,
+                                const RowSink* sink = nullptr) {
   const FileHeader& h = c.h;
   const size_t train_n = opt.max_train ? std::min<size_t>(opt.max_train, h.train.n) : h.train.n;
   const size_t test_n = opt.max_test ? std::min<size_t>(opt.max_test, h.test.n) : h.test.n;
@@ -463,6 +481,16 @@ Result<PeerData> read_peer_data(const CacheFile& c, std::string_view name, const
   MYCEL_CHECK(check_features(pd.test, c.path));
   if (!shard) {
     pd.shard = pd.test;
+    if (sink) {
+      Dataset shape = empty_like(h.test, name, 0);
+      shape.n = pd.shard.n;
+      MYCEL_CHECK(sink_rows(shape, *sink, [&](size_t r0, Dataset& b) {
+        std::copy_n(pd.shard.x.begin() + static_cast<std::ptrdiff_t>(r0 * shape.dim), b.x.size(), b.x.begin());
+        std::copy_n(pd.shard.y.begin() + static_cast<std::ptrdiff_t>(r0), b.n, b.y.begin());
+        return Ok();
+      }));
+      pd.shard = shape;
+    }
     return pd;
   }
   if (*shard >= part.peers.size()) {
@@ -470,6 +498,15 @@ Result<PeerData> read_peer_data(const CacheFile& c, std::string_view name, const
                                         std::to_string(part.peers.size()) + " peers");
   }
   const auto& idx = part.peers[*shard];
+  if (sink) {
+    Dataset shape = empty_like(h.train, name, 0);
+    shape.n = idx.size();
+    MYCEL_CHECK(sink_rows(shape, *sink, [&](size_t r0, Dataset& b) {
+      return read_rows(c, h.train, train_y, std::span<const size_t>(idx).subspan(r0, b.n), b);
+    }));
+    pd.shard = std::move(shape);
+    return pd;
+  }
   pd.shard = empty_like(h.train, name, idx.size());
   MYCEL_CHECK(read_rows(c, h.train, train_y, idx, pd.shard));
   return pd;
@@ -538,10 +575,30 @@ Result<std::string> ensure_cache(std::string_view name, const LoadOptions& opt,
   return c.path;
 }
 
+Result<PeerData> load_peer_data_impl(std::string_view name, const LoadOptions& opt,
+                                     const PartitionSpec& spec, size_t holders,
+                                     std::optional<size_t> shard, uint64_t partition_seed,
+                                     const RowSink* sink, const CacheOptions& copt);
+
 Result<PeerData> load_peer_data(std::string_view name, const LoadOptions& opt,
                                 const PartitionSpec& spec, size_t holders,
                                 std::optional<size_t> shard, uint64_t partition_seed,
                                 const CacheOptions& copt) {
+  return load_peer_data_impl(name, opt, spec, holders, shard, partition_seed, nullptr, copt);
+}
+
+Result<PeerData> load_peer_data(std::string_view name, const LoadOptions& opt,
+                                const PartitionSpec& spec, size_t holders,
+                                std::optional<size_t> shard, uint64_t partition_seed,
+                                const RowSink& sink, const CacheOptions& copt) {
+  if (!sink.begin || !sink.rows) return Error(Code::kInvalidArgument, "load_peer_data: incomplete row sink");
+  return load_peer_data_impl(name, opt, spec, holders, shard, partition_seed, &sink, copt);
+}
+
+Result<PeerData> load_peer_data_impl(std::string_view name, const LoadOptions& opt,
+                                     const PartitionSpec& spec, size_t holders,
+                                     std::optional<size_t> shard, uint64_t partition_seed,
+                                     const RowSink* sink, const CacheOptions& copt) {
   std::optional<Split> loaded;
   std::optional<FileId> bad;
   for (int attempt = 0;; ++attempt) {
@@ -549,15 +606,64 @@ Result<PeerData> load_peer_data(std::string_view name, const LoadOptions& opt,
     if (!c) {
       if (c.status().code() != Code::kUnavailable || !loaded) return c.status();
       MYCEL_LOG_WARN("models", "{}: loading {} in memory", c.status().message(), name);
-      return from_split(std::move(*loaded), opt, spec, holders, shard, partition_seed);
+      MYCEL_ASSIGN_OR_RETURN(PeerData pd, from_split(std::move(*loaded), opt, spec, holders, shard, partition_seed));
+      if (sink) {  // in memory already: one block
+        Dataset shape = pd.shard;
+        shape.x.clear();
+        shape.y.clear();
+        MYCEL_CHECK(sink->begin(shape));
+        MYCEL_CHECK(sink->rows(0, pd.shard));
+        pd.shard = std::move(shape);
+      }
+      return pd;
     }
-    auto pd = read_peer_data(*c, name, opt, spec, holders, shard, partition_seed);
+    auto pd = read_peer_data(*c, name, opt, spec, holders, shard, partition_seed, sink);
     if (pd || pd.status().code() != Code::kCorrupt || attempt > 0) return pd;
     // The header was fine but the data is not (a label out of range, a NaN, a file cut short
     // since it was opened): rebuild this one file, once.
     MYCEL_LOG_WARN("models", "data cache {}; rebuilding", pd.status().message());
     bad = FileId{c->dev, c->ino};
   }
+}
+
+struct TestChunks::File {
+  CacheFile c;
+  std::string name;
+};
+
+Result<TestChunks> TestChunks::open(const std::string& cache_file, std::string_view name,
+                                    const LoadOptions& opt) {
+  if (cache_file.empty()) return Error(Code::kUnavailable, "no data cache file to read test rows from");
+  auto f = std::make_shared<File>();
+  MYCEL_ASSIGN_OR_RETURN(f->c, open_cache(cache_file, cache_key(name, opt)));
+  f->name = std::string(name);
+  TestChunks t;
+  t.rows_ = opt.max_test ? std::min<size_t>(opt.max_test, f->c.h.test.n) : f->c.h.test.n;
+  t.file_ = std::move(f);
+  return t;
+}
+
+Status TestChunks::read(size_t begin, size_t n, Dataset& out) const {
+  if (!file_) return Error(Code::kInvalidArgument, "test chunks: not open");
+  const CacheFile& c = file_->c;
+  const SectionHeader& s = c.h.test;
+  if (begin > rows_) return Error(Code::kOutOfRange, "test chunk starts past the test rows");
+  n = std::min(n, rows_ - begin);
+  out.name = file_->name;
+  out.n = n;
+  out.dim = s.dim;
+  out.channels = s.channels;
+  out.height = s.height;
+  out.width = s.width;
+  out.classes = s.classes;
+  out.x.resize(n * s.dim);
+  out.y.resize(n);
+  MYCEL_CHECK(read_at(c.fd.get(), out.y.data(), n * sizeof(int32_t),
+                      s.labels_offset + begin * sizeof(int32_t), c.path));
+  MYCEL_CHECK(check_labels(out.y, s.classes, c.path));
+  MYCEL_CHECK(read_at(c.fd.get(), out.x.data(), out.x.size() * sizeof(float),
+                      s.features_offset + begin * s.dim * sizeof(float), c.path));
+  return check_features(out, c.path);
 }
 
 }  // namespace mycel::data

@@ -22,6 +22,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -77,5 +79,39 @@ Result<PeerData> load_peer_data(std::string_view name, const LoadOptions& opt,
                                 const PartitionSpec& spec, size_t holders,
                                 std::optional<size_t> shard, uint64_t partition_seed,
                                 const CacheOptions& copt = {});
+
+// Where the shard's rows go a block at a time instead of into PeerData::shard: `begin` gets the
+// shard's shape (n, dim, classes... with x and y empty) once, then `rows` gets consecutive blocks
+// (rows [row0, row0 + block.n) of the shard, in shard order). A caller puts them straight into
+// device memory, and the process never holds the shard twice. PeerData::shard then has the shape
+// and empty x, y.
+struct RowSink {
+  std::function<Status(const Dataset& shape)> begin;
+  std::function<Status(size_t row0, const Dataset& block)> rows;
+  size_t block_rows = 1024;
+};
+Result<PeerData> load_peer_data(std::string_view name, const LoadOptions& opt,
+                                const PartitionSpec& spec, size_t holders,
+                                std::optional<size_t> shard, uint64_t partition_seed,
+                                const RowSink& sink, const CacheOptions& copt = {});
+
+// The test split of a cache file, read a chunk at a time: a peer evaluates on a test set larger
+// than what it keeps in memory (MNIST's 10,000 test images are 31 MB of float32) without ever
+// holding it whole. Rows are those of PeerData::test (max_test applied).
+class TestChunks {
+ public:
+  // Opens the cache file load_peer_data read (PeerData::cache_file) for (name, opt); an empty
+  // path (no cache was usable) is kUnavailable.
+  static Result<TestChunks> open(const std::string& cache_file, std::string_view name,
+                                 const LoadOptions& opt);
+  size_t rows() const { return rows_; }
+  // Rows [begin, begin + n) (cut at rows()) into out, whose buffers are reused.
+  Status read(size_t begin, size_t n, Dataset& out) const;
+
+ private:
+  struct File;
+  std::shared_ptr<const File> file_;
+  size_t rows_ = 0;
+};
 
 }  // namespace mycel::data

@@ -1,5 +1,7 @@
 #include "runtime/driver/live_peer.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -9,11 +11,13 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 
 #include "common/log.h"
 #include "kernels/codec.h"
 #include "kernels/device.h"
+#include "models/data/cache.h"
 #include "models/data/dataset.h"
 #include "models/data/partition.h"
 #include "models/model.h"
@@ -30,6 +34,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxPendingCompute = 3;  // worker tasks queued before training is skipped
+constexpr size_t kMaxHeldTestBytes = size_t(8) << 20;  // larger test sets are read in chunks
+constexpr size_t kTestChunkRows = 256;
 namespace tp = mycel::transport;
 
 // Counters shared by the loop and the worker. Bytes and frames sent are counted in one place:
@@ -80,6 +86,9 @@ class LivePeer {
   double next_tick_ = 0;
   void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version, uint32_t part);
   void evaluate(double t);
+  Result<models::EvalStats> evaluate_chunks();
+  std::optional<data::TestChunks> test_chunks_;  // a large test set, read a chunk at a time
+  data::Dataset chunk_;
   Status write_summary(double t);
 
   PeerArgs args_;
@@ -133,24 +142,52 @@ Status LivePeer::setup() {
   lo.seed = cfg_.seed;
   lo.max_train = cfg_.data.max_train;
   lo.max_test = cfg_.eval.max_test ? cfg_.eval.max_test : cfg_.data.max_test;
-  MYCEL_ASSIGN_OR_RETURN(auto split, data::load(cfg_.data.dataset, lo));
   MYCEL_ASSIGN_OR_RETURN(auto pspec, data::parse_partition_spec(cfg_.data.partition));
   // FedAvg: peer 0 is the server and holds no data; the clients 1..N-1 share the training set.
   const bool fedavg = cfg_.protocol.name == "fedavg";
   const bool fed_server = fedavg && args_.id == 0;
   const size_t holders = static_cast<size_t>(cfg_.peers.count - (fedavg ? 1 : 0));
   if (holders == 0) return Error(Code::kInvalidArgument, "fedavg needs at least one client (peers.count >= 2)");
-  MYCEL_ASSIGN_OR_RETURN(auto part, data::partition(split.train.y, split.train.classes, holders, pspec, cfg_.seed));
-  if (fed_server) {
-    shard_ = split.test;  // never trained on: the server only evaluates the global model
-  } else {
-    size_t shard = static_cast<size_t>(args_.id - (fedavg ? 1 : 0));
-    MYCEL_ASSIGN_OR_RETURN(shard_, data::peer_dataset(split.train, part, shard));
-  }
+  std::optional<size_t> shard;  // none: the server's "shard" is test rows; it only evaluates
+  if (!fed_server) shard = static_cast<size_t>(args_.id - (fedavg ? 1 : 0));
+  // Only this peer's rows are read, from a per-host cache of the converted data set
+  // (models/data/cache.h); the test rows are read below, whole or a chunk at a time.
+  // The rows go straight to the device a block at a time (never held twice).
+  data::LoadOptions lo_rows = lo;
+  lo_rows.max_test = 1;
+  models::DeviceData train_rows;
+  data::RowSink sink;
+  sink.begin = [&](const data::Dataset& shape) -> Status {
+    if (shape.n == 0) return Error(Code::kInvalidArgument, "peer " + std::to_string(args_.id) + " got no training samples");
+    MYCEL_ASSIGN_OR_RETURN(train_rows, models::DeviceData::allocate(*dev_, shape.n, shape.dim, shape.classes));
+    return Ok();
+  };
+  sink.rows = [&](size_t row0, const data::Dataset& block) { return train_rows.write_rows(*dev_, row0, block); };
+  MYCEL_ASSIGN_OR_RETURN(auto pd, data::load_peer_data(cfg_.data.dataset, lo_rows, pspec, holders, shard, cfg_.seed, sink));
+  shard_ = std::move(pd.shard);  // the shape (n, dim, classes); the rows are in train_rows
   if (shard_.n == 0) return Error(Code::kInvalidArgument, "peer " + std::to_string(args_.id) + " got no training samples");
+  const models::InputShape shape = models::input_shape(shard_);
+  // The evaluation subset: held on the device when small, else read from the cache a chunk at
+  // a time at each evaluation, so a peer never holds a large test set.
+  data::Dataset test_rows;
+  if (auto chunks = data::TestChunks::open(pd.cache_file, cfg_.data.dataset, lo); chunks) {
+    const size_t bytes = chunks->rows() * shard_.dim * sizeof(float);
+    if (bytes > kMaxHeldTestBytes) {
+      test_chunks_ = std::move(chunks).value();
+    } else {
+      MYCEL_CHECK(chunks->read(0, chunks->rows(), test_rows));
+    }
+  } else {  // no cache usable (nothing writable): the test rows come from a plain load
+    MYCEL_ASSIGN_OR_RETURN(auto whole, data::load_peer_data(cfg_.data.dataset, lo, pspec, holders, shard, cfg_.seed));
+    test_rows = std::move(whole.test);
+  }
+  if (!test_chunks_) {
+    MYCEL_ASSIGN_OR_RETURN(test_, models::DeviceData::upload(*dev_, test_rows));
+  }
+  test_rows = {};
 
   // Model: every peer starts from the same initialisation (seeded), as in the papers.
-  MYCEL_ASSIGN_OR_RETURN(model_, models::make_model(*dev_, cfg_.model, models::input_shape(split.train), cfg_.seed));
+  MYCEL_ASSIGN_OR_RETURN(model_, models::make_model(*dev_, cfg_.model, shape, cfg_.seed));
   MYCEL_ASSIGN_OR_RETURN(sched_, models::parse_schedule(cfg_.train.schedule, static_cast<float>(cfg_.params.lr), 1,
                                                          static_cast<float>(cfg_.train.weight_decay)));
   models::TrainConfig tc;
@@ -160,8 +197,7 @@ Status LivePeer::setup() {
   tc.weight_decay = static_cast<float>(cfg_.train.weight_decay);
   tc.schedule = sched_;
   tc.seed = cfg_.seed * 1000003 + static_cast<uint64_t>(args_.id);
-  MYCEL_ASSIGN_OR_RETURN(trainer_, models::Trainer::create(*model_, shard_, tc));
-  MYCEL_ASSIGN_OR_RETURN(test_, models::DeviceData::upload(*dev_, split.test));
+  MYCEL_ASSIGN_OR_RETURN(trainer_, models::Trainer::create(*model_, std::move(train_rows), tc));
 
   enc_ = std::make_unique<CodecContext>(*dev_);
   dec_ = std::make_unique<CodecContext>(*dev_);
@@ -464,9 +500,27 @@ void LivePeer::on_frame(tp::Frame&& f) {
   }
 }
 
+// Runs on the worker: the test rows a chunk at a time (read from the data cache), combined.
+Result<models::EvalStats> LivePeer::evaluate_chunks() {
+  models::EvalStats all;
+  double loss = 0, correct = 0;
+  for (size_t b = 0; b < test_chunks_->rows(); b += kTestChunkRows) {
+    MYCEL_CHECK(test_chunks_->read(b, kTestChunkRows, chunk_));
+    MYCEL_ASSIGN_OR_RETURN(auto e, trainer_->evaluate(chunk_));
+    loss += e.loss * static_cast<double>(e.n);
+    correct += e.accuracy * static_cast<double>(e.n);
+    all.n += e.n;
+  }
+  if (all.n) {
+    all.loss = loss / static_cast<double>(all.n);
+    all.accuracy = correct / static_cast<double>(all.n);
+  }
+  return all;
+}
+
 // Runs on the worker.
 void LivePeer::evaluate(double t) {
-  auto e = trainer_->evaluate(test_);
+  auto e = test_chunks_ ? evaluate_chunks() : trainer_->evaluate(test_);
   if (!e) {
     MYCEL_LOG_WARN("runtime", "evaluation failed: {}", e.status().to_string());
     return;
@@ -626,6 +680,11 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
 }  // namespace
 
 Status run_peer(const PeerArgs& args, const std::atomic<bool>* stop) {
+  // A peer is a long-lived process whose large buffers (a data shard read once, test chunks,
+  // frames) come and go: a fixed mmap threshold hands every buffer above it back to the system
+  // when freed, where glibc's adaptive one (raised to the largest block freed, up to 32 MiB)
+  // would keep them in the heap for good.
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
   LivePeer peer(args);
   MYCEL_CHECK(peer.setup());
   return peer.run(stop);
