@@ -1,6 +1,9 @@
 #include "models/data/user_data.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -297,6 +300,31 @@ Result<RawTable> parse_user_csv(std::string_view text, const UserCsvOptions& opt
 }
 
 Result<RawTable> read_user_csv(const std::string& path, const UserCsvOptions& opt) {
+  // A plain file is parsed where it lies, mapped from the page cache: reading it into a buffer
+  // would cost a copy and, above all, the kernel zeroing every fresh page of that buffer (a
+  // third of the load time of a 100 MB file). A gzipped one is inflated by read_file.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    struct stat st {};
+    unsigned char magic[2] = {0, 0};
+    const bool ok = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    const bool gz = ok && st.st_size >= 2 && ::pread(fd, magic, 2, 0) == 2 && magic[0] == 0x1f &&
+                    magic[1] == 0x8b;
+    if (ok && !gz && st.st_size > 0) {
+      const size_t len = static_cast<size_t>(st.st_size);
+      void* m = ::mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
+      ::close(fd);
+      if (m != MAP_FAILED) {
+        ::madvise(m, len, MADV_SEQUENTIAL);
+        auto r = parse_user_csv(std::string_view(static_cast<const char*>(m), len), opt, path);
+        ::munmap(m, len);
+        return r;
+      }
+    } else {
+      ::close(fd);
+    }
+  }
+  // gzip, an empty file, or a path mmap cannot take: read_file (which also names the error).
   MYCEL_ASSIGN_OR_RETURN(auto bytes, read_file(path));
   const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   return parse_user_csv(text, opt, path);
