@@ -2,18 +2,19 @@
 # Builds and runs the whole test suite:
 #   1. Release build (CUDA compiled for the default architectures where nvcc exists), ctest;
 #   2. the asan preset (ASan + UBSan, CPU), ctest;
-#   3. the frame-decoder fuzzer for a bounded time (when clang's libFuzzer is present).
-# Options: --quick (step 1 only), --fuzz-seconds N (default 60).
+#   3. the fuzzers (frame decoder, csv: reader) for a bounded time each (when clang's
+#      libFuzzer is present).
+# Options: --quick (step 1 only), --fuzz-seconds N per fuzzer (default 55: under 2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
-fuzz_seconds=60
+fuzz_seconds=55
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --fuzz-seconds) fuzz_seconds="$2"; shift ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -39,6 +40,6 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
   ctest --test-dir build/asan --output-on-failure -j "$jobs"
 
 if [ -x scripts/fuzz.sh ]; then
-  echo "== fuzzing the frame decoder for ${fuzz_seconds}s"
+  echo "== fuzzing the frame decoder and the csv: reader for ${fuzz_seconds}s each"
   scripts/fuzz.sh "$fuzz_seconds"
 fi
