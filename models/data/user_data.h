@@ -40,6 +40,11 @@ Result<RawTable> parse_user_csv(std::string_view text, const UserCsvOptions& opt
                                 std::string_view what);
 Result<RawTable> read_user_csv(const std::string& path, const UserCsvOptions& opt);
 
+// The reader's fast path for plain decimals (exposed for the fuzzer): parses [-]DIGITS[.DIGITS]
+// from [p, e) into *out, giving exactly the float std::from_chars gives, and returns the end of
+// the number; nullptr when the text is not of that simple form (then use std::from_chars).
+const char* parse_float_fast(const char* p, const char* e, float* out);
+
 // One .npy array (format 1.0, 2.0 or 3.0, C order, little-endian).
 struct NpyArray {
   char kind = 0;        // 'f', 'i' or 'u'

@@ -5,12 +5,16 @@
 // - an accepted table is consistent: x holds n * dim finite values, every y indexes a label;
 // - assign_classes maps every label into [0, classes) with one name per class;
 // - a rejected input gives an error status with a message that names the source;
+// - parse_float_fast gives bit for bit what std::from_chars gives, ending at the same byte;
 // - parse_npy on the same bytes never reads past them and accepts only exact sizes.
 // With MYCEL_FUZZ_WRITE_CORPUS=DIR set, it writes a few seed files into DIR and exits.
+#include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -88,6 +92,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       for (int32_t y : c.y)
         if (y < 0 || y >= c.classes) std::abort();
+    }
+  }
+  // The fast float path agrees with std::from_chars wherever it takes a number.
+  {
+    const char* b = reinterpret_cast<const char*>(data + 1);
+    const char* e = b + std::min<size_t>(size - 1, 40);
+    float fast = 0, ref = 0;
+    if (const char* end = md::parse_float_fast(b, e, &fast)) {
+      auto r = std::from_chars(b, e, ref);
+      if (r.ec != std::errc() || r.ptr != end || std::memcmp(&fast, &ref, sizeof fast) != 0)
+        std::abort();
     }
   }
   auto a = md::parse_npy(std::span<const uint8_t>(data + 1, size - 1), "fuzz.npy");

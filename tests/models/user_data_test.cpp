@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -184,6 +185,40 @@ TEST(UserCsv, LoadThroughTheSpecWithAnExplicitTestFile) {
   write_text(dir.file("test.csv"), "7,8,9,a\n");
   auto bad = load("csv:" + dir.file("train.csv"), o);
   expect_error(bad.status(), Code::kInvalidArgument, {dir.file("test.csv"), "3 features", "2"});
+}
+
+// The reader's fast float path must give exactly std::from_chars's float: decimals of every
+// length around float's 24-bit mantissa limit, with up to 12 fraction digits, both signs.
+TEST(UserCsv, FastFloatPathMatchesFromChars) {
+  uint64_t z = 12345;
+  auto next = [&z] {
+    z = z * 6364136223846793005ull + 1442695040888963407ull;
+    return z >> 17;
+  };
+  size_t fast_taken = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const uint64_t m = next() % (uint64_t{1} << (1 + i % 27));
+    std::string t = std::to_string(m);
+    const int frac = int(next() % 13);
+    if (frac > 0) {
+      while (int(t.size()) <= frac) t = "0" + t;
+      t.insert(t.size() - size_t(frac), ".");
+    }
+    if (next() % 2) t = "-" + t;
+    float fast = 0, ref = 0;
+    const char* end = parse_float_fast(t.data(), t.data() + t.size(), &fast);
+    if (!end) continue;
+    ++fast_taken;
+    auto r = std::from_chars(t.data(), t.data() + t.size(), ref);
+    ASSERT_EQ(r.ec, std::errc()) << t;
+    ASSERT_EQ(r.ptr, end) << t;
+    ASSERT_EQ(std::memcmp(&fast, &ref, sizeof fast), 0) << t << ": " << fast << " vs " << ref;
+  }
+  EXPECT_GT(fast_taken, 50000u);
+  float v = 0;
+  for (const char* slow : {"1e5", "inf", ".5", "1.", "16777217", "1.00000000001", "-", ""}) {
+    EXPECT_EQ(parse_float_fast(slow, slow + std::strlen(slow), &v), nullptr) << slow;
+  }
 }
 
 // ---- CSV bad input: each names the file and the line ----
