@@ -2,18 +2,19 @@
 # Builds and runs the whole test suite:
 #   1. Release build (CUDA compiled for the default architectures where nvcc exists), ctest;
 #   2. the asan preset (ASan + UBSan, CPU), ctest;
-#   3. the frame-decoder fuzzer for a bounded time (when clang's libFuzzer is present).
-# Options: --quick (step 1 only), --fuzz-seconds N (default 60).
+#   3. the fuzzers (frame decoder, csv: reader) for a bounded time each (when clang's
+#      libFuzzer is present).
+# Options: --quick (step 1 only), --fuzz-seconds N per fuzzer (default 55: under 2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
-fuzz_seconds=60
+fuzz_seconds=55
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --fuzz-seconds) fuzz_seconds="$2"; shift ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -56,6 +57,6 @@ stage "asan tests" ctest --test-dir build/asan --output-on-failure -j "$jobs"
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 if [ -x scripts/fuzz.sh ]; then
-  stage "fuzzing (${fuzz_seconds} s)" scripts/fuzz.sh "$fuzz_seconds"
+  stage "fuzzing, ${fuzz_seconds} s per target" scripts/fuzz.sh "$fuzz_seconds"
 fi
 summary

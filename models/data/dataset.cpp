@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "models/data/readers.h"
 #include "models/data/rng.h"
+#include "models/data/user_data.h"
 
 namespace mycel::data {
 namespace {
@@ -48,6 +49,21 @@ void take_prefix(Dataset& d, size_t max) {
   d.y.shrink_to_fit();
 }
 
+// One scalar mean and std over every training pixel (as torchvision's Normalize does).
+void normalize_pixels(Split& s) {
+  double sum = 0, sq = 0;
+  for (float v : s.train.x) {
+    sum += v;
+    sq += double{v} * v;
+  }
+  const double cnt = static_cast<double>(s.train.x.size());
+  const double mean = cnt > 0 ? sum / cnt : 0;
+  const double sd = cnt > 0 ? std::sqrt(std::max(0.0, sq / cnt - mean * mean)) : 0;
+  const float m = static_cast<float>(mean), inv = static_cast<float>(sd > 1e-12 ? 1.0 / sd : 1.0);
+  for (auto* d : {&s.train, &s.test})
+    for (float& v : d->x) v = (v - m) * inv;
+}
+
 Result<Split> load_idx_set(std::string_view name, const std::string& dir, const LoadOptions& opt) {
   const std::string folder = dir + "/" + std::string(name) + "/";
   std::array<std::string, 4> paths;
@@ -63,20 +79,7 @@ Result<Split> load_idx_set(std::string_view name, const std::string& dir, const 
   if (s.train.dim != s.test.dim) {
     return Error(Code::kCorrupt, folder + ": train and test images differ in size");
   }
-  if (opt.normalize_images) {
-    // One scalar mean and std over every training pixel (as torchvision's Normalize does).
-    double sum = 0, sq = 0;
-    for (float v : s.train.x) {
-      sum += v;
-      sq += double{v} * v;
-    }
-    const double cnt = static_cast<double>(s.train.x.size());
-    const double mean = sum / cnt;
-    const double sd = std::sqrt(std::max(0.0, sq / cnt - mean * mean));
-    const float m = static_cast<float>(mean), inv = static_cast<float>(sd > 1e-12 ? 1.0 / sd : 1.0);
-    for (auto* d : {&s.train, &s.test})
-      for (float& v : d->x) v = (v - m) * inv;
-  }
+  if (opt.normalize_images || opt.normalize == Normalize::kOn) normalize_pixels(s);
   return s;
 }
 
@@ -88,6 +91,7 @@ Dataset rows(const Dataset& src, std::span<const size_t> idx) {
   d.height = src.height;
   d.width = src.width;
   d.classes = src.classes;
+  d.class_names = src.class_names;
   d.n = idx.size();
   d.x.resize(d.n * d.dim);
   d.y.resize(d.n);
@@ -161,9 +165,87 @@ Result<Split> load_tabular(std::string_view name, const std::string& dir, const 
   }
   // Statistics from the whole training split (before any max_train prefix, so that a prefix
   // sees the same feature values as a full load), applied to both sides.
-  const FeatureStats st = feature_stats(s.train);
-  standardize(s.train, st);
-  standardize(s.test, st);
+  if (opt.normalize != Normalize::kOff) {
+    const FeatureStats st = feature_stats(s.train);
+    standardize(s.train, st);
+    standardize(s.test, st);
+  }
+  return s;
+}
+
+std::string known_names() {
+  std::string known;
+  for (auto n : kNames) known += (known.empty() ? "" : ", ") + std::string(n);
+  return known + "; or csv:PATH, idx:DIR, npy:X.npy,Y.npy";
+}
+
+// The user's files: csv:, idx:, npy:. Test split from opt.test or a stratified draw; features
+// standardised with training statistics unless opt.normalize says otherwise.
+Result<Split> load_user(const DataSpec& spec, const LoadOptions& opt) {
+  Split s;
+  const bool has_test = !opt.test.empty();
+  if (!has_test && spec.kind != DataSpec::Kind::kIdx &&
+      !(opt.test_fraction > 0.0 && opt.test_fraction < 1.0)) {
+    return Error(Code::kInvalidArgument, spec.name + ": test_fraction must lie in (0, 1), got " +
+                                             std::to_string(opt.test_fraction));
+  }
+  RawTable train, test;
+  if (spec.kind == DataSpec::Kind::kCsv) {
+    const UserCsvOptions co{opt.header, opt.label};
+    MYCEL_ASSIGN_OR_RETURN(train, read_user_csv(spec.path, co));
+    if (has_test) {
+      MYCEL_ASSIGN_OR_RETURN(test, read_user_csv(opt.test, co));
+    }
+  } else if (spec.kind == DataSpec::Kind::kNpy) {
+    MYCEL_ASSIGN_OR_RETURN(train, read_user_npy(spec.path, spec.y_path));
+    if (has_test) {
+      const size_t c = opt.test.find(',');
+      if (c == std::string::npos || c == 0 || c + 1 >= opt.test.size() ||
+          opt.test.find(',', c + 1) != std::string::npos) {
+        return Error(Code::kInvalidArgument, "test split '" + opt.test +
+                                                 "': an npy data set's test split is "
+                                                 "X.npy,Y.npy (two paths, one comma)");
+      }
+      MYCEL_ASSIGN_OR_RETURN(test, read_user_npy(opt.test.substr(0, c), opt.test.substr(c + 1)));
+    }
+  } else {  // idx
+    if (has_test) {
+      return Error(Code::kInvalidArgument, spec.name + ": an idx data set has its own test split "
+                                                       "(t10k-*); leave the test split empty");
+    }
+    MYCEL_ASSIGN_OR_RETURN(train, read_user_idx_part(spec.path, true));
+    MYCEL_ASSIGN_OR_RETURN(test, read_user_idx_part(spec.path, false));
+  }
+  const bool two = has_test || spec.kind == DataSpec::Kind::kIdx;
+  if (two && test.d.dim != train.d.dim) {
+    return Error(Code::kInvalidArgument,
+                 (has_test ? opt.test : spec.name) + ": the test split has " +
+                     std::to_string(test.d.dim) + " features per row, the training split " +
+                     std::to_string(train.d.dim));
+  }
+  MYCEL_ASSIGN_OR_RETURN(s, assign_classes(std::move(train), two ? &test : nullptr, spec.name));
+  if (!two) {
+    Split st = stratified_split(s.train, opt.test_fraction, opt.seed);
+    if (st.train.n == 0 || st.test.n == 0) {
+      return Error(Code::kInvalidArgument,
+                   spec.name + ": " + std::to_string(s.train.n) + " rows are too few to split " +
+                       std::to_string(opt.test_fraction) +
+                       " of them off as a test split (give a test split of its own)");
+    }
+    st.train.class_names = s.train.class_names;
+    st.test.class_names = s.train.class_names;
+    s = std::move(st);
+  }
+  s.train.name = s.test.name = spec.name;
+  const bool images = spec.kind == DataSpec::Kind::kIdx;
+  const bool on = opt.normalize == Normalize::kOn || (opt.normalize == Normalize::kAuto && !images);
+  if (on && images) {
+    normalize_pixels(s);
+  } else if (on) {
+    const FeatureStats st = feature_stats(s.train);
+    standardize(s.train, st);
+    standardize(s.test, st);
+  }
   return s;
 }
 
@@ -176,20 +258,81 @@ std::string default_data_dir() {
 
 std::span<const std::string_view> dataset_names() { return kNames; }
 
-Result<Split> load(std::string_view name, const LoadOptions& opt) {
-  if (std::find(kNames.begin(), kNames.end(), name) == kNames.end()) {
-    std::string known;
-    for (auto n : kNames) known += (known.empty() ? "" : ", ") + std::string(n);
-    return Error(Code::kInvalidArgument,
-                 "unknown data set '" + std::string(name) + "' (known: " + known + ")");
+Result<HeaderMode> parse_header_mode(std::string_view s) {
+  if (s == "auto") return HeaderMode::kAuto;
+  if (s == "yes" || s == "true") return HeaderMode::kYes;
+  if (s == "no" || s == "false") return HeaderMode::kNo;
+  return Error(Code::kInvalidArgument, "header mode '" + std::string(s) + "': expected auto, yes or no");
+}
+
+Result<Normalize> parse_normalize(std::string_view s) {
+  if (s == "auto") return Normalize::kAuto;
+  if (s == "true" || s == "yes" || s == "on") return Normalize::kOn;
+  if (s == "false" || s == "no" || s == "off") return Normalize::kOff;
+  return Error(Code::kInvalidArgument,
+               "normalize '" + std::string(s) + "': expected auto, true or false");
+}
+
+Result<DataSpec> parse_data_spec(std::string_view spec) {
+  DataSpec d;
+  d.name = std::string(spec);
+  auto bad = [&](const std::string& why) {
+    return Error(Code::kInvalidArgument, "data set '" + std::string(spec) + "': " + why);
+  };
+  const size_t colon = spec.find(':');
+  if (colon == std::string_view::npos) {
+    if (std::find(kNames.begin(), kNames.end(), spec) == kNames.end()) {
+      return Error(Code::kInvalidArgument,
+                   "unknown data set '" + std::string(spec) + "' (known: " + known_names() + ")");
+    }
+    return d;
   }
-  std::string dir = opt.dir.empty() ? default_data_dir() : opt.dir;
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  Split s;
-  if (name == "mnist" || name == "fashion-mnist") {
-    MYCEL_ASSIGN_OR_RETURN(s, load_idx_set(name, dir, opt));
+  const std::string_view kind = spec.substr(0, colon), rest = spec.substr(colon + 1);
+  if (kind == "csv") {
+    d.kind = DataSpec::Kind::kCsv;
+  } else if (kind == "idx") {
+    d.kind = DataSpec::Kind::kIdx;
+  } else if (kind == "npy") {
+    d.kind = DataSpec::Kind::kNpy;
   } else {
-    MYCEL_ASSIGN_OR_RETURN(s, load_tabular(name, dir, opt));
+    return bad("unknown prefix '" + std::string(kind) + ":' (known: " + known_names() + ")");
+  }
+  if (rest.empty()) return bad("no path after '" + std::string(kind) + ":'");
+  if (d.kind == DataSpec::Kind::kNpy) {
+    const size_t c = rest.find(',');
+    if (c == std::string_view::npos || c == 0 || c + 1 >= rest.size() ||
+        rest.find(',', c + 1) != std::string_view::npos) {
+      return bad("expected npy:X.npy,Y.npy (two paths, one comma)");
+    }
+    d.path = std::string(rest.substr(0, c));
+    d.y_path = std::string(rest.substr(c + 1));
+  } else {
+    d.path = std::string(rest);
+    if (d.kind == DataSpec::Kind::kIdx) {
+      while (d.path.size() > 1 && d.path.back() == '/') d.path.pop_back();
+    }
+  }
+  return d;
+}
+
+Result<Split> load(std::string_view name, const LoadOptions& opt) {
+  MYCEL_ASSIGN_OR_RETURN(const DataSpec spec, parse_data_spec(name));
+  Split s;
+  if (spec.kind != DataSpec::Kind::kBuiltin) {
+    MYCEL_ASSIGN_OR_RETURN(s, load_user(spec, opt));
+  } else {
+    if (!opt.test.empty()) {
+      return Error(Code::kInvalidArgument, "data set '" + spec.name +
+                                               "' has its own test split; a test split of "
+                                               "your own is for csv: and npy: data sets");
+    }
+    std::string dir = opt.dir.empty() ? default_data_dir() : opt.dir;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    if (name == "mnist" || name == "fashion-mnist") {
+      MYCEL_ASSIGN_OR_RETURN(s, load_idx_set(name, dir, opt));
+    } else {
+      MYCEL_ASSIGN_OR_RETURN(s, load_tabular(name, dir, opt));
+    }
   }
   take_prefix(s.train, opt.max_train);
   take_prefix(s.test, opt.max_test);

@@ -22,6 +22,10 @@ struct Dataset {
   int classes = 0;
   std::vector<float> x;    // n * dim
   std::vector<int32_t> y;  // n, each in [0, classes)
+  // The label text of each class, for data sets read from the user's files (csv:, npy:, idx:):
+  // class c is class_names[c]. Labels are mapped to 0..C-1 in sorted order (numerically when
+  // every label is a number, so {1, 2, 5} become 0, 1, 2). Empty for the built-in sets.
+  std::vector<std::string> class_names;
 
   const float* row(size_t i) const { return x.data() + i * dim; }
 };
@@ -30,6 +34,18 @@ struct Split {
   Dataset train;
   Dataset test;
 };
+
+// CSV header row: detected (kAuto), present, or absent.
+enum class HeaderMode { kAuto, kYes, kNo };
+// Feature standardisation: kAuto is on for tabular data (built-in tabular sets, csv:, npy:)
+// and off for images (pixels scaled to [0, 1]); kOn on images is the scalar pixel
+// normalisation of normalize_images; kOff on tabular data keeps the values as read.
+enum class Normalize { kAuto, kOn, kOff };
+
+// "auto" | "yes" | "no" and "auto" | "true" | "false" (the config keys data.header and
+// data.normalize); anything else is kInvalidArgument.
+Result<HeaderMode> parse_header_mode(std::string_view s);
+Result<Normalize> parse_normalize(std::string_view s);
 
 struct LoadOptions {
   std::string dir;    // data folder; empty: $MYCEL_DATA or "data"
@@ -42,9 +58,29 @@ struct LoadOptions {
   // (torchvision's Normalize((0.1307,), (0.3081,)) for MNIST). Tabular sets are always
   // standardised per feature with training statistics.
   bool normalize_images = false;
+  // --- the user's own data (csv:PATH, idx:DIR, npy:X.npy,Y.npy) ---
+  HeaderMode header = HeaderMode::kAuto;  // csv: is the first row a header?
+  std::string label;  // csv: label column by header name or 0-based index; empty: the last
+  // A test split in the same form as the data set (csv: a CSV path; npy: "X.npy,Y.npy").
+  // Empty: a stratified split of test_fraction drawn from seed. idx: has its own test files.
+  std::string test;
+  Normalize normalize = Normalize::kAuto;
 };
 
-// Names: "mnist", "fashion-mnist", "spambase", "pendigits", "letter". A missing data set is a
+// What a data set name stands for: a built-in set, or the user's files.
+struct DataSpec {
+  enum class Kind { kBuiltin, kCsv, kIdx, kNpy };
+  Kind kind = Kind::kBuiltin;
+  std::string name;    // built-in: the name; otherwise the whole spec
+  std::string path;    // csv: the file; idx: the folder; npy: the features (X)
+  std::string y_path;  // npy: the labels (Y)
+};
+// Parses "mnist", "csv:PATH", "idx:DIR", "npy:X.npy,Y.npy" without touching the files. An
+// unknown name or a malformed prefix is kInvalidArgument listing the accepted forms.
+Result<DataSpec> parse_data_spec(std::string_view spec);
+
+// Names: "mnist", "fashion-mnist", "spambase", "pendigits", "letter", or the user's files:
+// "csv:PATH", "idx:DIR", "npy:X.npy,Y.npy" (docs/data.md). A missing built-in data set is a
 // kNotFound error naming the command that fetches it (scripts/fetch-data.sh NAME).
 Result<Split> load(std::string_view name, const LoadOptions& opt = {});
 

@@ -32,4 +32,7 @@ void add_train_command(CLI::App& app, Common& common);
 // bench/bench_train.cpp: `mycel bench train`.
 void add_bench_train(CLI::App& bench, Common& common);
 
+// bench/bench_data.cpp: `mycel bench data` (CSV loading speed).
+void add_bench_data(CLI::App& bench, Common& common);
+
 }  // namespace mycel::cli

@@ -43,6 +43,9 @@ struct TrainFlags {
   size_t max_train = 0, max_test = 0;
   std::string data_dir;
   bool normalize = false;
+  // The user's own data (csv:, npy:): data.header / data.label / data.test / data.test_fraction.
+  std::string header = "auto", label, test;
+  double test_fraction = 0.2;
   bool quiet = false;
 };
 
@@ -123,6 +126,14 @@ void apply_config(TrainFlags& f, CLI::App& cmd) {
         if (!given("--data-dir")) f.data_dir = v.as<std::string>();
       } else if (key == "normalize") {
         if (!given("--normalize")) f.normalize = v.as<bool>();
+      } else if (key == "header") {
+        if (!given("--header")) f.header = v.as<std::string>();
+      } else if (key == "label") {
+        if (!given("--label")) f.label = v.as<std::string>();
+      } else if (key == "test") {
+        if (!given("--test")) f.test = v.as<std::string>();
+      } else if (key == "test_fraction") {
+        if (!given("--test-fraction")) f.test_fraction = v.as<double>();
       } else if (node == root && key != "train") {
         // Unknown top-level keys belong to other sections of an experiment file; inside
         // `train:` an unknown key is a typo worth stopping for.
@@ -195,6 +206,12 @@ void run(TrainFlags f, CLI::App& cmd, Common& common) {
   lo.max_train = f.max_train;
   lo.max_test = f.max_test;
   lo.normalize_images = f.normalize;
+  lo.label = f.label;
+  lo.test = f.test;
+  lo.test_fraction = f.test_fraction;
+  auto header = data::parse_header_mode(f.header);
+  if (!header) fail(2, "--header: " + header.status().message());
+  lo.header = *header;
   auto split_r = data::load(f.dataset, lo);
   if (!split_r) fail(2, split_r.status().message());
   data::Split split = std::move(split_r).value();
@@ -280,9 +297,12 @@ void add_train_command(CLI::App& app, Common& common) {
       "loss and test accuracy on stderr, one JSON line on stdout");
   cmd->add_option("--config", f->config,
                   "YAML file with keys dataset, model, epochs, batch, lr, momentum, weight_decay, "
-                  "schedule, seed, device, threads, max_train, max_test, data_dir, normalize "
+                  "schedule, seed, device, threads, max_train, max_test, data_dir, normalize, "
+                  "header, label, test, test_fraction "
                   "(top level or under 'train:'); flags override it");
-  cmd->add_option("--dataset", f->dataset, "mnist fashion-mnist spambase pendigits letter");
+  cmd->add_option("--dataset", f->dataset,
+                  "mnist fashion-mnist spambase pendigits letter, or csv:PATH idx:DIR "
+                  "npy:X.npy,Y.npy (docs/data.md)");
   cmd->add_option("--model", f->model, "logreg | mlp[:H1,H2,...] | 2nn | cnn[:C1,C2,FC]")
       ->capture_default_str();
   cmd->add_option("--epochs", f->epochs, "passes over the training set")->capture_default_str();
@@ -307,6 +327,14 @@ void add_train_command(CLI::App& app, Common& common) {
   cmd->add_option("--data-dir", f->data_dir, "data folder (default: $MYCEL_DATA or data)");
   cmd->add_flag("--normalize", f->normalize,
                 "images: (pixel - mean) / std with the training split's statistics");
+  cmd->add_option("--header", f->header, "csv: header row auto | yes | no")->capture_default_str();
+  cmd->add_option("--label", f->label, "csv: label column by name or 0-based index (default: last)");
+  cmd->add_option("--test", f->test,
+                  "csv/npy: test split files (a CSV; X.npy,Y.npy) instead of --test-fraction");
+  cmd->add_option("--test-fraction", f->test_fraction,
+                  "fraction drawn as the stratified test split (spambase, csv, npy)")
+      ->check(CLI::Range(0.001, 0.999))
+      ->capture_default_str();
   cmd->add_flag("--quiet,-q", f->quiet, "no progress or per-epoch lines, only the JSON line");
   cmd->callback([f, cmd, &common] { run(*f, *cmd, common); });
 }

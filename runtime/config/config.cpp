@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "kernels/codec.h"
+#include "models/data/dataset.h"
 #include "runtime/core/merge_rule.h"
 
 namespace mycel::runtime {
@@ -23,11 +24,16 @@ const std::vector<ConfigKey> kSchema = {
     {"name", K::kString, "experiment", 0, 0, "", false, "experiment name (used in the output folder)"},
     {"seed", K::kInt, "1", 0, kBig, "", false, "seed of every random choice (partition, init, peer sampling)"},
     {"device", K::kString, "auto", 0, 0, "", false, "auto | cpu | cuda | cuda:N (auto: the GPU when present)"},
-    {"data.dataset", K::kString, "fashion-mnist", 0, 0, "mnist|fashion-mnist|spambase|pendigits|letter", false, "data set (scripts/fetch-data.sh NAME fetches it)"},
+    {"data.dataset", K::kString, "fashion-mnist", 0, 0, "", false, "data set: mnist | fashion-mnist | spambase | pendigits | letter (scripts/fetch-data.sh NAME fetches it), or your own files: csv:PATH | idx:DIR | npy:X.npy,Y.npy (docs/data.md)"},
     {"data.dir", K::kString, "", 0, 0, "", false, "data folder (empty: $MYCEL_DATA or data/)"},
     {"data.partition", K::kString, "dirichlet:0.5", 0, 0, "", false, "how the training set is split over peers: iid | dirichlet:ALPHA | shards:S | one-class"},
     {"data.max_train", K::kInt, "0", 0, kBig, "", false, "use at most this many training samples (0: all)"},
     {"data.max_test", K::kInt, "0", 0, kBig, "", false, "use at most this many test samples (0: all)"},
+    {"data.header", K::kString, "auto", 0, 0, "auto|yes|no", false, "csv: is the first row a header (auto: when its fields are not all numbers)"},
+    {"data.label", K::kString, "", 0, 0, "", false, "csv: the label column, by header name or 0-based index (empty: the last column)"},
+    {"data.test", K::kString, "", 0, 0, "", false, "csv/npy: a test split in the same form (a CSV path; X.npy,Y.npy) (empty: split data.test_fraction off)"},
+    {"data.test_fraction", K::kFloat, "0.2", 0.001, 0.999, "", false, "fraction of the rows drawn (stratified, by seed) as the test split when the data set has none"},
+    {"data.normalize", K::kString, "auto", 0, 0, "auto|true|false", false, "standardise features with training-split statistics (auto: tabular data yes, images no)"},
     {"model", K::kString, "mlp:200,200", 0, 0, "", false, "model: logreg | mlp:H1,H2,... | cnn | cnn:C1,C2,FC"},
     {"train.batch", K::kInt, "32", 1, 65536, "", false, "minibatch size of local SGD"},
     {"train.lr", K::kFloat, "0.05", 0, 100, "", true, "base learning rate"},
@@ -166,6 +172,10 @@ Result<std::string> check_value(const ConfigKey& k, const std::string& text, con
         auto rule = make_merge_rule(text);
         if (!rule) return bad(rule.status().message());
       }
+      if (k.path == "data.dataset") {
+        auto spec = data::parse_data_spec(text);
+        if (!spec) return bad(spec.status().message());
+      }
       if (k.path == "codec.spec") {
         auto spec = parse_codec(text);
         if (!spec) return bad(spec.status().message());
@@ -241,6 +251,11 @@ Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::s
   c.data.partition = S("data.partition");
   c.data.max_train = static_cast<uint64_t>(I("data.max_train"));
   c.data.max_test = static_cast<uint64_t>(I("data.max_test"));
+  c.data.header = S("data.header");
+  c.data.label = S("data.label");
+  c.data.test = S("data.test");
+  c.data.test_fraction = F("data.test_fraction");
+  c.data.normalize = S("data.normalize");
   c.model = S("model");
   c.train.batch = static_cast<int>(I("train.batch"));
   c.train.momentum = F("train.momentum");
@@ -292,6 +307,21 @@ std::map<std::string, std::string> defaults() {
 }
 
 }  // namespace
+
+data::LoadOptions load_options(const ExperimentConfig::Data& d, uint64_t seed) {
+  data::LoadOptions lo;
+  lo.dir = d.dir;
+  lo.seed = seed;
+  lo.max_train = d.max_train;
+  lo.max_test = d.max_test;
+  lo.test_fraction = d.test_fraction;
+  lo.label = d.label;
+  lo.test = d.test;
+  // The schema's choices checked both already; a hand-built Data falls back to auto.
+  if (auto h = data::parse_header_mode(d.header)) lo.header = *h;
+  if (auto n = data::parse_normalize(d.normalize)) lo.normalize = *n;
+  return lo;
+}
 
 std::vector<std::string> split_list(std::string_view text) {
   std::vector<std::string> out;

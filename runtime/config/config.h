@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "models/data/dataset.h"
 
 namespace mycel::runtime {
 
@@ -51,6 +52,11 @@ struct ExperimentConfig {
   struct Data {
     std::string dataset, dir, partition;
     uint64_t max_train = 0, max_test = 0;
+    std::string header = "auto";     // csv: auto | yes | no
+    std::string label;               // csv: label column (name or index); empty: the last
+    std::string test;                // csv/npy: test split files; empty: test_fraction
+    double test_fraction = 0.2;
+    std::string normalize = "auto";  // auto | true | false
   } data;
   std::string model;
   struct Train {
@@ -93,6 +99,10 @@ Result<ExperimentConfig> load_config(const std::string& path);
 // Applies "key=value" overrides (the command line's --set) on top of a parsed config's values.
 Result<ExperimentConfig> apply_overrides(const ExperimentConfig& base,
                                          const std::vector<std::string>& overrides);
+// The data::load options of a config's data section: the one place they are built (the
+// peers, `mycel run`, benches). The caller sets what other sections decide (eval.max_test).
+data::LoadOptions load_options(const ExperimentConfig::Data& d, uint64_t seed);
+
 // "a,b,,c" -> {"a", "b", "c"}: the list form of peers.addresses and of --seeds / --peers.
 std::vector<std::string> split_list(std::string_view text);
 

@@ -137,10 +137,7 @@ class LivePeer {
 Status LivePeer::setup() {
   MYCEL_ASSIGN_OR_RETURN(dev_, make_device(cfg_.device, args_.threads));
   // Data: this peer's shard of the training set, and a test subset for evaluation.
-  data::LoadOptions lo;
-  lo.dir = cfg_.data.dir;
-  lo.seed = cfg_.seed;
-  lo.max_train = cfg_.data.max_train;
+  data::LoadOptions lo = load_options(cfg_.data, cfg_.seed);
   lo.max_test = cfg_.eval.max_test ? cfg_.eval.max_test : cfg_.data.max_test;
   MYCEL_ASSIGN_OR_RETURN(auto pspec, data::parse_partition_spec(cfg_.data.partition));
   // FedAvg: peer 0 is the server and holds no data; the clients 1..N-1 share the training set.

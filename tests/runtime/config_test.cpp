@@ -88,6 +88,47 @@ TEST(Config, OutOfRangeAndBadChoiceAndBadCodec) {
   EXPECT_NE(c.status().message().find("codec.spec"), std::string::npos);
 }
 
+// data.dataset is checked by the data layer: built-in names and csv:/idx:/npy: specs pass,
+// anything else is an error naming the key and the line.
+TEST(Config, DataSetNamesAndUserDataKeys) {
+  auto c = parse_config(R"(
+data:
+  dataset: csv:data/digits/digits.csv.gz
+  header: no
+  label: "0"
+  test: other.csv
+  test_fraction: 0.3
+  normalize: false
+)",
+                        "u.yaml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->data.dataset, "csv:data/digits/digits.csv.gz");
+  const data::LoadOptions lo = load_options(c->data, 9);
+  EXPECT_EQ(lo.header, data::HeaderMode::kNo);
+  EXPECT_EQ(lo.label, "0");
+  EXPECT_EQ(lo.test, "other.csv");
+  EXPECT_DOUBLE_EQ(lo.test_fraction, 0.3);
+  EXPECT_EQ(lo.normalize, data::Normalize::kOff);
+  EXPECT_EQ(lo.seed, 9u);
+  auto d = parse_config("");
+  ASSERT_TRUE(d.is_ok());
+  EXPECT_EQ(load_options(d->data, 1).header, data::HeaderMode::kAuto);
+  EXPECT_EQ(load_options(d->data, 1).normalize, data::Normalize::kAuto);
+  EXPECT_DOUBLE_EQ(load_options(d->data, 1).test_fraction, 0.2);
+  for (const char* ok : {"idx:some/dir", "npy:X.npy,Y.npy", "letter"}) {
+    EXPECT_TRUE(parse_config(std::string("data:\n  dataset: ") + ok + "\n").is_ok()) << ok;
+  }
+  for (const char* bad : {"cifar", "csv:", "npy:X.npy", "tsv:a.tsv"}) {
+    auto b = parse_config(std::string("seed: 1\ndata:\n  dataset: '") + bad + "'\n", "b.yaml");
+    ASSERT_FALSE(b.is_ok()) << bad;
+    EXPECT_NE(b.status().message().find("b.yaml:3"), std::string::npos) << b.status().message();
+    EXPECT_NE(b.status().message().find("data.dataset"), std::string::npos) << b.status().message();
+  }
+  EXPECT_FALSE(parse_config("data:\n  header: maybe\n").is_ok());
+  EXPECT_FALSE(parse_config("data:\n  normalize: sometimes\n").is_ok());
+  EXPECT_FALSE(parse_config("data:\n  test_fraction: 1.5\n").is_ok());
+}
+
 TEST(Config, StructuralMistakes) {
   EXPECT_FALSE(parse_config("train: 3\n").is_ok());            // section given a scalar
   EXPECT_FALSE(parse_config("- a\n- b\n").is_ok());            // not a mapping
