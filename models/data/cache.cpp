@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <array>
 #include <cerrno>
 #include <cmath>
@@ -154,6 +155,21 @@ std::string data_dir(const LoadOptions& opt) {
 }
 
 // "name size mtime_ns" for every regular, non-hidden file of <dir>/<name>/, sorted by name.
+std::string source_fingerprint(const std::string& dir, std::string_view name);
+
+// One file (or every file of a folder): name, size, mtime.
+std::string file_fingerprint(const std::string& path) {
+  struct stat st {};
+  if (path.empty() || ::stat(path.c_str(), &st) != 0) return "source=" + path + " missing\n";
+  if (S_ISDIR(st.st_mode)) {
+    const auto slash = path.find_last_of('/');
+    return source_fingerprint(slash == std::string::npos ? "." : path.substr(0, slash),
+                              slash == std::string::npos ? path : path.substr(slash + 1));
+  }
+  const long long ns = static_cast<long long>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  return "source=" + path + " " + std::to_string(st.st_size) + " " + std::to_string(ns) + "\n";
+}
+
 std::string source_fingerprint(const std::string& dir, std::string_view name) {
   const std::string folder = dir + "/" + std::string(name);
   std::vector<std::string> lines;
@@ -280,6 +296,23 @@ Status write_cache(const std::string& path, const std::string& key, const Split&
   if (!st) return fail(st);
   if (::fsync(fd.get()) != 0) return fail(sys_error("fsync", tmp, errno));
   fd.reset();
+  // String labels (csv:): their names, in class order, beside the file (written first, so a
+  // complete cache file always has them).
+  if (!s.train.class_names.empty()) {
+    std::string names;
+    for (const auto& n : s.train.class_names) names += n + "\n";
+    const std::string ctmp = tmp + ".classes";
+    Fd cf(::open(ctmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!cf.ok()) return fail(sys_error("create", ctmp, errno));
+    Status cs = write_all(cf.get(), names.data(), names.size(), ctmp);
+    if (cs && ::fsync(cf.get()) != 0) cs = sys_error("fsync", ctmp, errno);
+    cf.reset();
+    if (cs && ::rename(ctmp.c_str(), (path + ".classes").c_str()) != 0) cs = sys_error("rename", ctmp, errno);
+    if (!cs) {
+      ::unlink(ctmp.c_str());
+      return fail(cs);
+    }
+  }
   if (::rename(tmp.c_str(), path.c_str()) != 0) return fail(sys_error("rename", tmp, errno));
   Fd dir(::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir.ok()) (void)::fsync(dir.get());  // the rename itself durable; best effort
@@ -472,6 +505,10 @@ Result<PeerData> read_peer_data(const CacheFile& c, std::string_view name, const
   pd.train_n = train_n;
   pd.classes = h.train.classes;
   pd.cache_file = c.path;
+  if (std::ifstream names(c.path + ".classes"); names) {
+    for (std::string line; std::getline(names, line);) pd.class_names.push_back(line);
+    if (pd.class_names.size() != static_cast<size_t>(h.train.classes)) pd.class_names.clear();
+  }
   pd.test = empty_like(h.test, name, test_n);
   MYCEL_CHECK(read_at(c.fd.get(), pd.test.y.data(), test_n * sizeof(int32_t), h.test.labels_offset,
                       c.path));
@@ -530,6 +567,7 @@ Result<PeerData> from_split(Split s, const LoadOptions& opt, const PartitionSpec
   PeerData pd;
   pd.train_n = s.train.n;
   pd.classes = s.train.classes;
+  pd.class_names = s.train.class_names;
   if (shard) {
     MYCEL_ASSIGN_OR_RETURN(pd.shard, peer_dataset(s.train, part, *shard));
   } else {
@@ -550,8 +588,25 @@ std::string cache_key(std::string_view name, const LoadOptions& opt) {
   k += "seed=" + std::to_string(opt.seed) + "\n";
   k += "test_fraction=" + std::string(frac) + "\n";
   k += "normalize_images=" + std::to_string(opt.normalize_images ? 1 : 0) + "\n";
+  k += "header=" + std::to_string(static_cast<int>(opt.header)) + "\n";
+  k += "label=" + opt.label + "\n";
+  k += "test=" + opt.test + "\n";
+  k += "normalize=" + std::to_string(static_cast<int>(opt.normalize)) + "\n";
   // New LoadOptions fields that change the loaded contents go here.
-  k += source_fingerprint(data_dir(opt), name);
+  // The sources: a built-in set's folder, or the files a csv:/npy:/idx: spec names (and data.test).
+  const auto colon = name.find(':');
+  if (colon == std::string_view::npos) {
+    k += source_fingerprint(data_dir(opt), name);
+  } else {
+    std::string paths(name.substr(colon + 1));
+    if (!opt.test.empty()) paths += "," + opt.test;
+    for (size_t b = 0; b <= paths.size();) {
+      size_t e = paths.find(',', b);
+      if (e == std::string::npos) e = paths.size();
+      k += file_fingerprint(paths.substr(b, e - b));
+      b = e + 1;
+    }
+  }
   return k;
 }
 

@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 #include "models/data/dataset.h"
@@ -65,6 +66,7 @@ struct PeerData {
   size_t train_n = 0;  // samples of the training split that was partitioned (after max_train)
   int classes = 0;
   std::string cache_file;  // the file read; empty when it was loaded without a cache
+  std::vector<std::string> class_names;  // string labels (csv:): class i's name; else empty
 };
 
 // The same Datasets as

@@ -57,6 +57,7 @@ class LivePeer {
 
   Status setup();
   Status run(const std::atomic<bool>* stop);
+  Status write_class_names(const std::vector<std::string>& names);
 
  private:
   double now() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
@@ -134,6 +135,24 @@ class LivePeer {
   Worker worker_;  // last: destroyed (joined) first, while everything its tasks use still exists
 };
 
+// String labels (a csv: data set) were mapped to 0..C-1 in sorted order: the mapping goes to the
+// run folder as classes.csv (index,name), written whole or not at all.
+Status LivePeer::write_class_names(const std::vector<std::string>& names) {
+  std::filesystem::create_directories(args_.out_dir);
+  const std::string path = args_.out_dir + "/classes.csv";
+  const std::string tmp = path + ".tmp." + std::to_string(args_.id);
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (!f) return Error(Code::kIo, "cannot write " + tmp);
+  bool ok = std::fprintf(f, "index,name\n") > 0;
+  for (size_t i = 0; i < names.size() && ok; ++i) ok = std::fprintf(f, "%zu,%s\n", i, names[i].c_str()) > 0;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return Error(Code::kIo, "cannot write " + path);
+  }
+  return Ok();
+}
+
 Status LivePeer::setup() {
   MYCEL_ASSIGN_OR_RETURN(dev_, make_device(cfg_.device, args_.threads));
   // Data: this peer's shard of the training set, and a test subset for evaluation.
@@ -162,6 +181,7 @@ Status LivePeer::setup() {
   sink.rows = [&](size_t row0, const data::Dataset& block) { return train_rows.write_rows(*dev_, row0, block); };
   MYCEL_ASSIGN_OR_RETURN(auto pd, data::load_peer_data(cfg_.data.dataset, lo_rows, pspec, holders, shard, cfg_.seed, sink));
   shard_ = std::move(pd.shard);  // the shape (n, dim, classes); the rows are in train_rows
+  if (!pd.class_names.empty() && !args_.out_dir.empty()) MYCEL_CHECK(write_class_names(pd.class_names));
   if (shard_.n == 0) return Error(Code::kInvalidArgument, "peer " + std::to_string(args_.id) + " got no training samples");
   const models::InputShape shape = models::input_shape(shard_);
   // The evaluation subset: held on the device when small, else read from the cache a chunk at

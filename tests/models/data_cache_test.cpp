@@ -324,7 +324,7 @@ TEST_F(DataCache, UnwritableDataFolderFallsBack) {
   const char* old = std::getenv("XDG_CACHE_HOME");
   const std::string saved = old ? old : "";
   ::setenv("XDG_CACHE_HOME", dir_.file("xdg").c_str(), 1);
-  auto x = load_peer_data("pendigits", opt_, iid_, 4, 2, 1, {});
+  auto x = load_peer_data("pendigits", opt_, iid_, 4, 2, 1, CacheOptions{});
   if (old)
     ::setenv("XDG_CACHE_HOME", saved.c_str(), 1);
   else

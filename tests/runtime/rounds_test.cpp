@@ -237,7 +237,9 @@ TEST(Dpsgd, KilledAndRestartedNeighbour) {
   s.restart_at(0, 6);
   for (double t = 3.5; t <= 12; t += 0.5) {
     s.run_until(t);
-    if (t < 5.9 || t > 7) EXPECT_LE(max_neighbour_gap(s, *topo), 1u) << "t=" << t;
+    if (t < 5.9 || t > 7) {
+      EXPECT_LE(max_neighbour_gap(s, *topo), 1u) << "t=" << t;
+    }
   }
   // Nobody stalled: rounds went on while peer 0 was gone and after it came back.
   const uint64_t r1 = s.nodes[1].proto->age();
@@ -248,7 +250,9 @@ TEST(Dpsgd, KilledAndRestartedNeighbour) {
     EXPECT_EQ(s.nodes[j].proto->stats().peers_down, 1u) << "neighbour " << j << " saw peer 0 go once";
   for (int i = 1; i < 12; ++i) {
     bool nb0 = std::count(topo->adj[0].begin(), topo->adj[0].end(), i) > 0;
-    if (!nb0) EXPECT_EQ(s.nodes[i].proto->stats().peers_down, 0u) << "peer " << i << ": a waiting neighbour is not dead";
+    if (!nb0) {
+      EXPECT_EQ(s.nodes[i].proto->stats().peers_down, 0u) << "peer " << i << ": a waiting neighbour is not dead";
+    }
   }
   // Once back, every round is complete again.
   const uint64_t m2 = s.nodes[1].proto->stats().merges, r2 = s.nodes[1].proto->age();
