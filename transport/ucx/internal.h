@@ -31,6 +31,9 @@ namespace mycel::transport::ucx {
 
 constexpr const char* kLog = "transport";
 constexpr double kPingIntervalS = 1.0;  // at most one RTT probe per peer per second
+// At most one flush probe (confirming eager frames for the link estimate) per connection per
+// this long while frames are in flight; at once when the link goes idle.
+constexpr double kFlushIntervalS = 0.001;
 
 // Longest sleep while requests are in flight (see poll()); MYCEL_UCX_BUSY_WAIT_US overrides.
 double busy_wait_s();
@@ -70,8 +73,14 @@ struct Conn {
   uint64_t recv_next = 0;
   std::map<uint64_t, RecvSlot> reorder;
   size_t pending_ops = 0;     // UCP requests (sends, receives) not yet completed
-  LinkEstimator link;  // the bandwidth estimate of this endpoint
   bool ping_outstanding = false;
+  uint64_t rtt_stamp = 0;  // the stamp of the RTT probe outstanding
+  // Eager frames complete on a local copy, which says nothing of the link: their part in the
+  // link estimate waits for the pong to a probe sent after they completed (a "flush" ping).
+  std::vector<uint64_t> unconfirmed;  // tokens completed, no probe sent after them yet
+  std::vector<uint64_t> confirming;   // tokens the outstanding flush probe confirms
+  uint64_t flush_stamp = 0;
+  double last_flush = 0;
 };
 
 struct Peer {
@@ -82,6 +91,7 @@ struct Peer {
   double retry_at = 0;
   bool had_conn = false;
   double last_ping = 0;
+  LinkEstimator link;  // bandwidth and RTT of the link to this peer
 };
 
 // A page-locked host buffer for staging device memory, registered with ucp_mem_map.
@@ -91,11 +101,22 @@ struct Staging {
   ucp_mem_h memh = nullptr;
 };
 
+// A send buffer (acquire_send_buffer): host memory of ours, registered with ucp_mem_map, that
+// the caller encodes into and send_buffer() sends in place.
+struct SendSlab {
+  uint64_t id = 0;
+  uint8_t* data = nullptr;
+  size_t cap = 0;
+  ucp_mem_h memh = nullptr;
+  bool in_use = false;  // acquired by the caller or read by a send
+};
+
 struct SendOp {
   UcxTransport* t = nullptr;
   Conn* conn = nullptr;
   Peer* peer = nullptr;
   uint64_t token = 0;
+  uint8_t tclass = 0;          // the caller's traffic class, returned in the send's event
   MsgType type = MsgType::kData;
   WireHeader hdr;  // UCP reads the AM header until completion
   std::vector<uint8_t> bytes;  // owned bytes (send()); empty for send_region
@@ -105,6 +126,7 @@ struct SendOp {
   ucs_memory_type_t mem_type = UCS_MEMORY_TYPE_HOST;
   uint64_t region = 0;         // the region this send reads (released at completion)
   Staging* stage = nullptr;    // device memory staged through this buffer
+  SendSlab* slab = nullptr;    // send_buffer(): the pooled buffer this send reads
   uint64_t ticket = 0;         // its device-to-host copy
   bool staging = false;        // the copy is not finished: not yet handed to UCP
   Status local_fail;           // a local failure (the staging copy), not the link's
@@ -122,7 +144,8 @@ struct RecvOp {
 
 class UcxTransport final : public Transport {
  public:
-  explicit UcxTransport(const Options& opt) : opt_(opt), rng_(std::random_device{}()) {
+  explicit UcxTransport(const Options& opt)
+      : opt_(opt), rng_(std::random_device{}()), pool_limit_(opt.recv_pool_bytes) {
     device_ops_ = opt.device_ops;
   }
   ~UcxTransport() override { shutdown(); }
@@ -130,7 +153,8 @@ class UcxTransport final : public Transport {
   Status init(std::string_view listen);
 
   Address local_address() const override { return local_; }
-  Status send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token) override;
+  Status send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token,
+              uint8_t tclass = 0) override;
   std::vector<Event> poll(double timeout_s, size_t max) override;
   void disconnect(const Address& peer) override;
   void close() override;
@@ -138,7 +162,16 @@ class UcxTransport final : public Transport {
   Result<MemoryRegion> register_memory(void* base, size_t bytes, MemoryType type) override;
   Status deregister_memory(const MemoryRegion& r) override;
   Status send_region(const Address& peer, const MemoryRegion& r, size_t offset, size_t bytes,
-                     uint64_t* token) override;
+                     uint64_t* token, uint8_t tclass = 0) override;
+  Result<SendBuffer> acquire_send_buffer(size_t bytes) override;
+  Status send_buffer(const Address& peer, SendBuffer&& buf, size_t used, uint8_t tclass = 0,
+                     uint64_t* token = nullptr) override;
+  void recycle(std::vector<uint8_t>&& v) override {
+    size_t n = v.size();
+    if (n == 0 || pool_bytes_ + n > pool_limit_) return;
+    pool_bytes_ += n;
+    pool_.emplace(n, std::move(v));
+  }
 
   Result<std::string> describe(const Address& peer);
   void set_buffer_reuse(bool return_sent, size_t pool_bytes) {
@@ -148,12 +181,6 @@ class UcxTransport final : public Transport {
       pool_bytes_ -= pool_.begin()->first;
       pool_.erase(pool_.begin());
     }
-  }
-  void recycle(std::vector<uint8_t>&& v) {
-    size_t n = v.size();
-    if (n == 0 || pool_bytes_ + n > pool_limit_) return;
-    pool_bytes_ += n;
-    pool_.emplace(n, std::move(v));
   }
 
   // UCP callbacks (static trampolines call these).
@@ -174,7 +201,7 @@ class UcxTransport final : public Transport {
   // peer's endpoint, connecting on first use.
   Result<Conn*> ready_conn(const Address& peer, size_t bytes);
   Result<uint64_t> post(Conn* c, MsgType type, uint64_t seq, std::vector<uint8_t> bytes,
-                       uint64_t stamp, double timeout_s);
+                       uint64_t stamp, double timeout_s, uint8_t tclass = 0);
   // new_op makes a send and counts it (live, deadline, pending, in flight) once data/len are
   // set by the caller through track(); launch hands it to UCP (or undoes it on error).
   SendOp* new_op(Conn* c, MsgType type, uint64_t seq, uint64_t stamp, double timeout_s);
@@ -185,6 +212,9 @@ class UcxTransport final : public Transport {
   Result<Staging*> acquire_stage(size_t bytes);
   void release_stage(Staging* st);  // back to the pool, for the next send
   void free_stage(Staging* st);     // unmapped and freed
+  void release_send_buffer(uint64_t id, std::vector<uint8_t>&& vec) override;
+  void release_slab(SendSlab* sl);  // back to the pool of send buffers
+  void free_slab(SendSlab* sl);     // unmapped and freed
   void advance_staging();
   void progress();
   void handle_deferred();
@@ -195,6 +225,9 @@ class UcxTransport final : public Transport {
   void deliver(Conn* c);
   void check_timers(double now);
   void maybe_ping(Conn* c, double now);
+  void send_flushes(double now);
+  // The estimator forgets c's unconfirmed frames (c failed): no sample from them.
+  void drop_unconfirmed(Conn* c, double now);
   void gc();
   void shutdown();
   void push(Event e) { events_.push_back(std::move(e)); }
@@ -225,6 +258,8 @@ class UcxTransport final : public Transport {
   std::unordered_map<uint64_t, SendOp*> live_sends_;           // token -> op
   std::set<std::pair<double, uint64_t>> deadlines_;           // (deadline, token)
   std::vector<uint64_t> pings_;                                // conn ids due an RTT probe
+  std::set<uint64_t> flush_due_;                               // conn ids due a flush probe
+  size_t eager_limit_ = 0;  // frames below this go eager (UCX_RNDV_THRESH): confirmed by probe
   std::vector<uint64_t> to_close_;                             // conn ids whose bye has gone
   std::vector<ucp_conn_request_h> conn_reqs_;
   std::vector<std::pair<uint64_t, Status>> deferred_fail_;     // (conn id, why)
@@ -232,12 +267,16 @@ class UcxTransport final : public Transport {
   std::deque<Event> events_;
   uint64_t rejected_unknown_ = 0;  // refused frames whose sender was not yet named
   bool return_sent_ = false;
-  size_t pool_limit_ = 0, pool_bytes_ = 0;
+  size_t pool_limit_ = 0, pool_bytes_ = 0;  // recycled vectors for incoming frames
   std::multimap<size_t, std::vector<uint8_t>> pool_;  // by size: shrinking costs nothing
   bool cuda_direct_ = false;  // this UCX reads CUDA memory itself (built with cuda support)
   std::vector<uint64_t> staging_;      // tokens of sends whose staging copy is not finished
   std::vector<Staging*> stage_free_;   // staging buffers not in use
   size_t stage_total_ = 0, stage_used_ = 0;  // bytes of staging buffers: allocated, in use
+  std::unordered_map<uint64_t, std::unique_ptr<SendSlab>> slabs_;  // send buffers, by id
+  std::vector<SendSlab*> slab_free_;   // send buffers not in use
+  size_t slab_total_ = 0, slab_used_ = 0;  // bytes of send buffers: allocated, in use
+  uint64_t next_slab_id_ = 1;
 };
 
 // UCP callbacks (trampolines to the UcxTransport methods).

@@ -186,8 +186,13 @@ void UcxTransport::handle_deferred() {
   for (uint64_t id : pings) {
     auto it = conns_.find(id);
     if (it == conns_.end() || it->second->failed) continue;
-    auto r = post(it->second.get(), MsgType::kPing, 0, {}, now_ns(), opt_.send_timeout_s);
-    if (!r.is_ok()) it->second->ping_outstanding = false;
+    const uint64_t stamp = now_ns();
+    it->second->rtt_stamp = stamp;
+    auto r = post(it->second.get(), MsgType::kPing, 0, {}, stamp, opt_.send_timeout_s);
+    if (!r.is_ok()) {
+      it->second->ping_outstanding = false;
+      it->second->rtt_stamp = 0;
+    }
   }
   auto pongs = std::move(pongs_);
   pongs_.clear();
@@ -289,6 +294,7 @@ void UcxTransport::gc() {
       c->close_req = nullptr;
     }
     if (c->failed && c->ep == nullptr && c->close_req == nullptr && c->pending_ops == 0) {
+      drop_unconfirmed(c, now_s());
       it = conns_.erase(it);
     } else {
       ++it;

@@ -3,6 +3,7 @@
 #include "transport/ucx/internal.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include <fmt/format.h>
 
@@ -15,6 +16,8 @@ void UcxTransport::end_op(SendOp* op) {
   op->region = 0;
   if (op->stage != nullptr) release_stage(op->stage);
   op->stage = nullptr;
+  if (op->slab != nullptr) release_slab(op->slab);
+  op->slab = nullptr;
 }
 
 Result<MemoryRegion> UcxTransport::register_memory(void* base, size_t bytes, MemoryType type) {
@@ -59,7 +62,7 @@ Status UcxTransport::deregister_memory(const MemoryRegion& r) {
 }
 
 Status UcxTransport::send_region(const Address& peer, const MemoryRegion& r, size_t offset,
-                                 size_t bytes, uint64_t* token) {
+                                 size_t bytes, uint64_t* token, uint8_t tclass) {
   MYCEL_CHECK(regions_.use(r, offset, bytes, /*acquire=*/false).status());
   MYCEL_ASSIGN_OR_RETURN(Conn * c, ready_conn(peer, bytes));
   const uint8_t* src = static_cast<const uint8_t*>(r.base) + offset;
@@ -80,6 +83,7 @@ Status UcxTransport::send_region(const Address& peer, const MemoryRegion& r, siz
   MYCEL_ASSIGN_OR_RETURN(void* memh, regions_.use(r, offset, bytes, /*acquire=*/true));
   SendOp* op = new_op(c, MsgType::kData, c->send_seq, 0, opt_.send_timeout_s);
   c->send_seq++;  // taken now: frames sent after this one are delivered after it
+  op->tclass = tclass;
   op->region = r.id;
   op->len = bytes;
   if (staged) {
@@ -193,5 +197,113 @@ void UcxTransport::advance_staging() {
   }
 }
 
+
+// --- send buffers ----------------------------------------------------------------------------
+
+Result<SendBuffer> UcxTransport::acquire_send_buffer(size_t bytes) {
+  if (closed_ || worker_ == nullptr) return Status(Code::kUnavailable, "transport is closed");
+  if (bytes > opt_.max_frame_bytes) {
+    return Status(Code::kOutOfRange, fmt::format("a send buffer of {} bytes exceeds "
+                                                 "max_frame_bytes {}", bytes, opt_.max_frame_bytes));
+  }
+  // The smallest free buffer that holds the frame.
+  auto best = slab_free_.end();
+  for (auto it = slab_free_.begin(); it != slab_free_.end(); ++it) {
+    if ((*it)->cap >= bytes && (best == slab_free_.end() || (*it)->cap < (*best)->cap)) best = it;
+  }
+  SendSlab* sl = nullptr;
+  if (best != slab_free_.end()) {
+    sl = *best;
+    slab_free_.erase(best);
+  } else {
+    constexpr size_t kRound = size_t(64) << 10;
+    const size_t need = std::max<size_t>(1, (bytes + kRound - 1) / kRound) * kRound;
+    // Free buffers too small for this one make room for it.
+    while (slab_total_ + need > opt_.max_send_buffer_bytes && !slab_free_.empty()) {
+      SendSlab* victim = slab_free_.back();
+      slab_free_.pop_back();
+      free_slab(victim);
+    }
+    if (slab_used_ > 0 && slab_total_ + need > opt_.max_send_buffer_bytes) {
+      return Status(Code::kNoResource,
+                    fmt::format("send buffers are exhausted ({} of {} bytes in use)", slab_used_,
+                                opt_.max_send_buffer_bytes));
+    }
+    void* mem = std::aligned_alloc(4096, need);
+    if (mem == nullptr) {
+      return Status(Code::kNoResource, fmt::format("cannot allocate a send buffer of {} bytes",
+                                                   need));
+    }
+    auto owned = std::make_unique<SendSlab>();
+    sl = owned.get();
+    sl->id = next_slab_id_++;
+    sl->data = static_cast<uint8_t*>(mem);
+    sl->cap = need;
+    ucp_mem_map_params_t mp{};
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.address = mem;
+    mp.length = need;
+    if (ucs_status_t s = ucp_mem_map(ctx_, &mp, &sl->memh); s != UCS_OK) {
+      sl->memh = nullptr;  // UCP registers it on the send path instead
+      MYCEL_LOG_DEBUG(kLog, "ucp_mem_map of a send buffer: {}", ucs_status_string(s));
+    }
+    slab_total_ += need;
+    slabs_[sl->id] = std::move(owned);
+  }
+  sl->in_use = true;
+  slab_used_ += sl->cap;
+  return make_send_buffer(sl->id, sl->data, sl->cap);
+}
+
+Status UcxTransport::send_buffer(const Address& peer, SendBuffer&& buf, size_t used,
+                                 uint8_t tclass, uint64_t* token) {
+  auto it = owns(buf, this) ? slabs_.find(send_buffer_id(buf)) : slabs_.end();
+  if (it == slabs_.end() || !it->second->in_use) {
+    buf.reset();
+    return Status(Code::kInvalidArgument, "not a send buffer of this transport");
+  }
+  SendSlab* sl = it->second.get();
+  disown(buf);  // the transport holds it from here: back to the pool on any error below
+  if (used > sl->cap) {
+    release_slab(sl);
+    return Status(Code::kOutOfRange, fmt::format("{} bytes used of a send buffer of {}", used,
+                                                 sl->cap));
+  }
+  auto c = ready_conn(peer, used);
+  if (!c.is_ok()) {
+    release_slab(sl);
+    return c.status();
+  }
+  SendOp* op = new_op(*c, MsgType::kData, (*c)->send_seq, 0, opt_.send_timeout_s);
+  (*c)->send_seq++;
+  op->tclass = tclass;
+  op->slab = sl;
+  op->data = sl->data;
+  op->len = used;
+  op->memh = sl->memh;
+  track(op);
+  MYCEL_ASSIGN_OR_RETURN(uint64_t tok, launch(op));  // on error launch released the slab
+  if (token != nullptr) *token = tok;
+  return Ok();
+}
+
+void UcxTransport::release_send_buffer(uint64_t id, std::vector<uint8_t>&&) {
+  auto it = slabs_.find(id);
+  if (it != slabs_.end() && it->second->in_use) release_slab(it->second.get());
+}
+
+void UcxTransport::release_slab(SendSlab* sl) {
+  sl->in_use = false;
+  slab_used_ -= sl->cap;
+  slab_free_.push_back(sl);
+}
+
+void UcxTransport::free_slab(SendSlab* sl) {
+  if (sl->memh != nullptr) ucp_mem_unmap(ctx_, sl->memh);
+  std::free(sl->data);
+  slab_total_ -= sl->cap;
+  if (sl->in_use) slab_used_ -= sl->cap;
+  slabs_.erase(sl->id);  // frees sl
+}
 
 }  // namespace mycel::transport::ucx

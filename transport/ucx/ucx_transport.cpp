@@ -28,6 +28,29 @@ double busy_wait_s() {
 }
 
 
+// Frames below UCX_RNDV_THRESH (the caller's, else our default) go eager and complete on a
+// local copy. "auto" leaves it to UCX: taken as 64 KiB.
+size_t eager_limit() {
+  std::string v;
+  if (const char* e = std::getenv("UCX_RNDV_THRESH"); e != nullptr) {
+    v = e;
+  } else {
+    for (const auto& [var, value] : ucx_config_defaults()) {
+      if (var == "UCX_RNDV_THRESH") v = value;
+    }
+  }
+  if (v == "inf") return SIZE_MAX;
+  char* end = nullptr;
+  const double n = std::strtod(v.c_str(), &end);
+  if (v.empty() || end == v.c_str() || n < 0) return size_t(64) << 10;
+  switch (*end) {
+    case 'k': case 'K': return size_t(n * 1024);
+    case 'm': case 'M': return size_t(n * 1048576);
+    case 'g': case 'G': return size_t(n * 1073741824.0);
+    default: return size_t(n);
+  }
+}
+
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -59,6 +82,7 @@ Status UcxTransport::init(std::string_view listen) {
       MYCEL_LOG_WARN(kLog, "cannot set {}={}: {}", var, value, ucs_status_string(m));
     }
   }
+  eager_limit_ = eager_limit();
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
@@ -148,6 +172,9 @@ void UcxTransport::shutdown() {
     staging_.clear();
     for (Staging* st : stage_free_) free_stage(st);
     stage_free_.clear();
+    // Send buffers, free or not: a SendBuffer must not outlive its transport.
+    while (!slabs_.empty()) free_slab(slabs_.begin()->second.get());
+    slab_free_.clear();
     for (void* memh : regions_.clear()) {
       if (memh != nullptr) ucp_mem_unmap(ctx_, static_cast<ucp_mem_h>(memh));
     }
@@ -160,11 +187,12 @@ void UcxTransport::shutdown() {
   }
 }
 
-Status UcxTransport::send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token) {
+Status UcxTransport::send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token,
+                          uint8_t tclass) {
   MYCEL_ASSIGN_OR_RETURN(Conn * c, ready_conn(peer, bytes.size()));
   MYCEL_ASSIGN_OR_RETURN(uint64_t tok,
                          post(c, MsgType::kData, c->send_seq, std::move(bytes), 0,
-                              opt_.send_timeout_s));
+                              opt_.send_timeout_s, tclass));
   c->send_seq++;
   if (token != nullptr) *token = tok;
   return Ok();
@@ -183,6 +211,7 @@ void UcxTransport::progress() {
     handle_deferred();
   }
   advance_staging();
+  send_flushes(now_s());
   check_timers(now_s());
   gc();
 }
@@ -208,7 +237,9 @@ std::vector<Event> UcxTransport::poll(double timeout_s, size_t max) {
     // not always signal the event fd when a queued rendezvous step becomes ready (observed:
     // both sides asleep with a transfer pending), so a transfer never waits on a lost wakeup.
     // With nothing in flight the wait is the caller's: an idle peer does not wake up.
-    if (!live_sends_.empty() || pending_recvs() > 0) wait = std::min(wait, busy_wait_s());
+    if (!live_sends_.empty() || pending_recvs() > 0 || !flush_due_.empty()) {
+      wait = std::min(wait, busy_wait_s());
+    }
     if (wait <= 0) continue;
     int ms = int(std::ceil(std::max(0.0, wait) * 1000));
     pollfd pfd{efd_, POLLIN, 0};
@@ -223,7 +254,11 @@ std::vector<Event> UcxTransport::poll(double timeout_s, size_t max) {
 
 std::vector<PeerStats> UcxTransport::stats() const {
   std::vector<PeerStats> out;
-  for (auto& [a, p] : peers_) out.push_back(p->st);
+  const double now = now_s();
+  for (auto& [a, p] : peers_) {
+    out.push_back(p->st);
+    p->link.report(&out.back(), now);
+  }
   return out;
 }
 

@@ -51,7 +51,9 @@ void UcxTransport::track(SendOp* op) {
   live_sends_[op->token] = op;
   deadlines_.emplace(op->deadline, op->token);
   op->conn->pending_ops++;
-  if (op->type == MsgType::kData) op->conn->link.started(op->len, op->start);
+  if (op->type == MsgType::kData && op->peer != nullptr) {
+    op->peer->link.started(op->token, op->len, op->start);
+  }
   if (op->type == MsgType::kData && op->peer != nullptr) op->peer->st.inflight_bytes += op->len;
 }
 
@@ -60,7 +62,6 @@ void UcxTransport::untrack(SendOp* op) {
   deadlines_.erase({op->deadline, op->token});
   op->conn->pending_ops--;
   if (op->type == MsgType::kData && op->peer != nullptr) op->peer->st.inflight_bytes -= op->len;
-  if (op->type == MsgType::kData) op->conn->link.ended(op->len);
 }
 
 Result<uint64_t> UcxTransport::launch(SendOp* op) {
@@ -82,6 +83,9 @@ Result<uint64_t> UcxTransport::launch(SendOp* op) {
                                        op->len == 0 ? nullptr : op->data, op->len, &rp);
   if (UCS_PTR_IS_ERR(r)) {
     ucs_status_t s = UCS_PTR_STATUS(r);
+    if (op->type == MsgType::kData && op->peer != nullptr) {
+      op->peer->link.ended(op->token, now_s(), /*ok=*/false);
+    }
     untrack(op);
     end_op(op);
     delete op;
@@ -94,8 +98,9 @@ Result<uint64_t> UcxTransport::launch(SendOp* op) {
 
 Result<uint64_t> UcxTransport::post(Conn* c, MsgType type, uint64_t seq,
                                    std::vector<uint8_t> bytes, uint64_t stamp,
-                                   double timeout_s) {
+                                   double timeout_s, uint8_t tclass) {
   SendOp* op = new_op(c, type, seq, stamp, timeout_s);
+  op->tclass = tclass;
   op->bytes = std::move(bytes);
   op->data = op->bytes.data();
   op->len = op->bytes.size();
@@ -113,13 +118,19 @@ void UcxTransport::on_send_done(SendOp* op, ucs_status_t s) {
     Event e;
     e.peer = p->addr;
     e.token = op->token;
+    e.tclass = op->tclass;
+    e.bytes = op->len;
+    if (s == UCS_OK && op->len < eager_limit_ && !c->failed) {
+      c->unconfirmed.push_back(op->token);  // ended in the link estimate by a flush probe
+      flush_due_.insert(c->id);
+    } else {
+      p->link.ended(op->token, now, s == UCS_OK);
+    }
     if (s == UCS_OK) {
+      // Bytes count as sent here, at completion, never at the send call.
       e.kind = EventKind::kSendComplete;
       p->st.bytes_sent += op->len;
       p->st.frames_sent++;
-      if (double bw = c->link.completed(op->len, now); bw > 0) {
-        p->st.bandwidth_Bps = LinkEstimator::ewma(p->st.bandwidth_Bps, bw);
-      }
       if (!c->failed) maybe_ping(c, now);
     } else {
       e.kind = EventKind::kSendFailed;
@@ -143,6 +154,7 @@ void UcxTransport::on_send_done(SendOp* op, ucs_status_t s) {
     if (s == UCS_OK && !c->failed) {
       c->up = true;
       p->backoff_s = 0;
+      p->link.ready(now);  // frames queued behind the hello start now
       if (p->conn == c && !p->st.connected) {
         p->st.connected = true;
         push(Event{EventKind::kPeerUp, p->addr, 0, Ok(), {}});
@@ -156,7 +168,17 @@ void UcxTransport::on_send_done(SendOp* op, ucs_status_t s) {
                                                        "cannot connect to " + p->addr, s)});
     }
   } else if (op->type == MsgType::kPing && s != UCS_OK) {
-    c->ping_outstanding = false;
+    if (op->hdr.stamp == c->rtt_stamp) {
+      c->ping_outstanding = false;
+      c->rtt_stamp = 0;
+    }
+    if (op->hdr.stamp == c->flush_stamp) {
+      c->flush_stamp = 0;
+      if (p != nullptr) {
+        for (uint64_t tok : c->confirming) p->link.ended(tok, now, false);
+      }
+      c->confirming.clear();
+    }
   } else if (op->type == MsgType::kBye) {
     to_close_.push_back(c->id);  // closed from handle_deferred, outside UCP's callbacks
   }
@@ -169,6 +191,48 @@ void UcxTransport::maybe_ping(Conn* c, double now) {
   c->ping_outstanding = true;
   p->last_ping = now;
   pings_.push_back(c->id);  // sent from handle_deferred, outside UCP's callbacks
+}
+
+// Flush probes: a ping sent after eager frames completed locally; its pong (the peer's event
+// loop answers in order on the same endpoint) says the peer has them.
+void UcxTransport::send_flushes(double now) {
+  for (auto it = flush_due_.begin(); it != flush_due_.end();) {
+    auto ci = conns_.find(*it);
+    Conn* c = ci == conns_.end() ? nullptr : ci->second.get();
+    if (c == nullptr || c->failed || c->unconfirmed.empty()) {
+      it = flush_due_.erase(it);
+      continue;
+    }
+    const bool idle = c->peer == nullptr || c->peer->st.inflight_bytes == 0;
+    if (c->flush_stamp != 0 || (!idle && now - c->last_flush < kFlushIntervalS)) {
+      ++it;
+      continue;
+    }
+    it = flush_due_.erase(it);
+    uint64_t stamp = now_ns();
+    if (stamp == c->rtt_stamp) stamp++;
+    c->confirming = std::move(c->unconfirmed);
+    c->unconfirmed.clear();
+    c->flush_stamp = stamp;
+    c->last_flush = now;
+    if (!post(c, MsgType::kPing, 0, {}, stamp, opt_.send_timeout_s).is_ok()) {
+      c->flush_stamp = 0;
+      if (c->peer != nullptr) {
+        for (uint64_t tok : c->confirming) c->peer->link.ended(tok, now, false);
+      }
+      c->confirming.clear();
+    }
+  }
+}
+
+void UcxTransport::drop_unconfirmed(Conn* c, double now) {
+  if (c->peer != nullptr) {
+    for (uint64_t tok : c->unconfirmed) c->peer->link.ended(tok, now, false);
+    for (uint64_t tok : c->confirming) c->peer->link.ended(tok, now, false);
+  }
+  c->unconfirmed.clear();
+  c->confirming.clear();
+  c->flush_stamp = 0;
 }
 
 // --- receiving -------------------------------------------------------------------------------
@@ -199,10 +263,23 @@ ucs_status_t UcxTransport::on_am(const void* header, size_t header_length, void*
     return UCS_OK;
   }
   if (type == MsgType::kPong) {
-    c->ping_outstanding = false;
-    uint64_t t = now_ns();
-    if (c->peer != nullptr && t > h.stamp) {
-      c->peer->st.rtt_s = LinkEstimator::ewma(c->peer->st.rtt_s, double(t - h.stamp) * 1e-9);
+    const uint64_t t = now_ns();
+    const double now = now_s();
+    if (h.stamp != 0 && h.stamp == c->flush_stamp) {
+      // The peer has every frame sent before the probe: they end, for the link estimate, now.
+      c->flush_stamp = 0;
+      if (c->peer != nullptr) {
+        for (uint64_t tok : c->confirming) c->peer->link.ended(tok, now, true);
+      }
+      c->confirming.clear();
+      if (!c->unconfirmed.empty()) flush_due_.insert(c->id);
+    }
+    if (h.stamp != 0 && h.stamp == c->rtt_stamp) {
+      c->ping_outstanding = false;
+      c->rtt_stamp = 0;
+      if (c->peer != nullptr && t > h.stamp) {
+        c->peer->link.rtt_sample(double(t - h.stamp) * 1e-9, now);
+      }
     }
     return UCS_OK;
   }
