@@ -91,7 +91,8 @@ struct PeerStats {
   double bandwidth_age_s = -1;
   double rtt_age_s = -1;
   // Back-pressure: how long the oldest send still in flight to this peer has waited (0 when
-  // none is in flight).
+  // none is in flight; ucx counts an eager frame until the peer confirms it, see
+  // docs/transport.md).
   double oldest_send_wait_s = 0;
   bool connected = false;
 };
