@@ -32,7 +32,10 @@ namespace mycel::transport::ucx {
 constexpr const char* kLog = "transport";
 constexpr double kPingIntervalS = 1.0;  // at most one RTT probe per peer per second
 // At most one flush probe (confirming eager frames for the link estimate) per connection per
-// this long while frames are in flight; at once when the link goes idle.
+// this long, sent from progress (a due probe never shortens poll's sleep: a capped sleep was
+// measured to slow 64 KiB ping-pongs by half). A lone frame is confirmed at once. The wait
+// does not count as link time: a batch counts as received at its last local completion plus
+// the probe's round trip.
 constexpr double kFlushIntervalS = 0.001;
 
 // Longest sleep while requests are in flight (see poll()); MYCEL_UCX_BUSY_WAIT_US overrides.
@@ -75,12 +78,14 @@ struct Conn {
   size_t pending_ops = 0;     // UCP requests (sends, receives) not yet completed
   bool ping_outstanding = false;
   uint64_t rtt_stamp = 0;  // the stamp of the RTT probe outstanding
-  // Eager frames complete on a local copy, which says nothing of the link: their part in the
-  // link estimate waits for the pong to a probe sent after they completed (a "flush" ping).
+  // Eager frames complete on a local copy, which says nothing of the link: the part in the
+  // link estimate of those of LinkEstimator::kMinBytes or more waits for the pong to a probe
+  // sent after they completed (a "flush" ping); smaller ones give no sample.
   std::vector<uint64_t> unconfirmed;  // tokens completed, no probe sent after them yet
   std::vector<uint64_t> confirming;   // tokens the outstanding flush probe confirms
+  double unconfirmed_last = 0, confirming_last = 0;  // their latest local completion
   uint64_t flush_stamp = 0;
-  double last_flush = 0;
+  double last_flush = 0;  // when the outstanding (or last) probe was sent
 };
 
 struct Peer {

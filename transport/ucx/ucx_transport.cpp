@@ -237,9 +237,7 @@ std::vector<Event> UcxTransport::poll(double timeout_s, size_t max) {
     // not always signal the event fd when a queued rendezvous step becomes ready (observed:
     // both sides asleep with a transfer pending), so a transfer never waits on a lost wakeup.
     // With nothing in flight the wait is the caller's: an idle peer does not wake up.
-    if (!live_sends_.empty() || pending_recvs() > 0 || !flush_due_.empty()) {
-      wait = std::min(wait, busy_wait_s());
-    }
+    if (!live_sends_.empty() || pending_recvs() > 0) wait = std::min(wait, busy_wait_s());
     if (wait <= 0) continue;
     int ms = int(std::ceil(std::max(0.0, wait) * 1000));
     pollfd pfd{efd_, POLLIN, 0};

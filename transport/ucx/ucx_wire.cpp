@@ -120,11 +120,15 @@ void UcxTransport::on_send_done(SendOp* op, ucs_status_t s) {
     e.token = op->token;
     e.tclass = op->tclass;
     e.bytes = op->len;
-    if (s == UCS_OK && op->len < eager_limit_ && !c->failed) {
+    const bool eager = op->len < eager_limit_;
+    if (s == UCS_OK && eager && op->len >= LinkEstimator::kMinBytes && !c->failed) {
       c->unconfirmed.push_back(op->token);  // ended in the link estimate by a flush probe
+      c->unconfirmed_last = now;
       flush_due_.insert(c->id);
     } else {
-      p->link.ended(op->token, now, s == UCS_OK);
+      // Eager frames below kMinBytes give no sample: their completion is a local copy, and a
+      // probe per small frame would cost a ping-pong of small frames half its speed.
+      p->link.ended(op->token, now, s == UCS_OK && !eager);
     }
     if (s == UCS_OK) {
       // Bytes count as sent here, at completion, never at the send call.
@@ -203,8 +207,7 @@ void UcxTransport::send_flushes(double now) {
       it = flush_due_.erase(it);
       continue;
     }
-    const bool idle = c->peer == nullptr || c->peer->st.inflight_bytes == 0;
-    if (c->flush_stamp != 0 || (!idle && now - c->last_flush < kFlushIntervalS)) {
+    if (c->flush_stamp != 0 || now - c->last_flush < kFlushIntervalS) {
       ++it;
       continue;
     }
@@ -213,6 +216,7 @@ void UcxTransport::send_flushes(double now) {
     if (stamp == c->rtt_stamp) stamp++;
     c->confirming = std::move(c->unconfirmed);
     c->unconfirmed.clear();
+    c->confirming_last = c->unconfirmed_last;
     c->flush_stamp = stamp;
     c->last_flush = now;
     if (!post(c, MsgType::kPing, 0, {}, stamp, opt_.send_timeout_s).is_ok()) {
@@ -266,10 +270,13 @@ ucs_status_t UcxTransport::on_am(const void* header, size_t header_length, void*
     const uint64_t t = now_ns();
     const double now = now_s();
     if (h.stamp != 0 && h.stamp == c->flush_stamp) {
-      // The peer has every frame sent before the probe: they end, for the link estimate, now.
+      // The peer has every frame sent before the probe: for the link estimate they end at
+      // their last local completion plus the probe's round trip (not counting the time the
+      // probe waited for its turn).
       c->flush_stamp = 0;
+      const double at = std::min(now, c->confirming_last + (now - c->last_flush));
       if (c->peer != nullptr) {
-        for (uint64_t tok : c->confirming) c->peer->link.ended(tok, now, true);
+        for (uint64_t tok : c->confirming) c->peer->link.ended(tok, at, true);
       }
       c->confirming.clear();
       if (!c->unconfirmed.empty()) flush_due_.insert(c->id);
