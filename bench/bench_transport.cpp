@@ -7,6 +7,10 @@
 //         bandwidth. ratio = ours / theirs (target >= 0.90 for frames >= 1 MiB).
 //   bwreg the same with the window's frames in one block registered with the transport
 //         (register_memory: ucp_mem_map) and sent by send_region, read in place.
+//   bwpool the same with frames in the transport's own send buffers (acquire_send_buffer:
+//         pooled, registered with ucp_mem_map) sent by send_buffer, the runtime's path for
+//         model frames; encode-free: a frame is written into a buffer once, when the pool
+//         hands out that buffer for the first time at this size, and sent from it again after.
 //   bwdev the same block in --device memory, registered as kCuda: staged through pinned
 //         host memory (Debian's UCX) or read by UCX directly. Not in the default tests; on
 //         the CPU device it measures the staging path's own cost (a host-to-host copy).
@@ -77,7 +81,7 @@ namespace mycel::bench {
 namespace {
 
 struct TransportFlags {
-  std::string tests = "bw,bwreg,lat,idle";
+  std::string tests = "bw,bwreg,bwpool,lat,idle";
   std::string bw_sizes = "4K,64K,1M,16M,256M";
   std::string lat_sizes = "64,4K,64K,1M";
   // Bytes moved per bw trial (iterations = this / size, at least 8). Still 1 GiB with 5 trials:
@@ -447,10 +451,12 @@ class Client {
   // by send_region and read in place. kDevice: the same block in the device's memory (dev_),
   // registered as kCuda: staged through pinned host memory, or read directly by a UCX with
   // CUDA support.
-  enum class Source { kVectors, kRegistered, kDevice };
+  // kPool: the transport's send buffers (acquire_send_buffer / send_buffer).
+  enum class Source { kVectors, kRegistered, kDevice, kPool };
 
   Result<double> bw(size_t size, long iters, int64_t* wrong, Source src = Source::kVectors) {
-    const bool registered = src != Source::kVectors;
+    const bool registered = src == Source::kRegistered || src == Source::kDevice;
+    const bool pooled = src == Source::kPool;
     size_t window = std::clamp<size_t>(size_t(window_mib_ * double(1 << 20)) / size, 2, 256);
     std::vector<std::vector<uint8_t>> free;
     std::vector<size_t> free_slots;
@@ -477,19 +483,38 @@ class Client {
         type = transport::MemoryType::kCuda;
       }
       MYCEL_ASSIGN_OR_RETURN(reg, t_.register_memory(base, block.size(), type));
+    } else if (pooled) {
+      if (pool_frame_.size() != size) pool_frame_ = make_frame(MessageType::kModel, 0, size);
     } else {
       for (size_t i = 0; i < window; ++i) free.push_back(make_frame(MessageType::kModel, i, size));
     }
-    auto have_free = [&] { return registered ? !free_slots.empty() : !free.empty(); };
+    size_t inflight = 0;
+    bool pool_dry = false;  // the pool said kNoResource: wait for a completion
+    auto have_free = [&] {
+      if (pooled) return inflight < window && !pool_dry;
+      return registered ? !free_slots.empty() : !free.empty();
+    };
     uint64_t ctl = 0;
     MYCEL_CHECK(t_.send(srv_, control_frame("bw " + std::to_string(iters)), &ctl));
     const double t0 = now_s();
     long sent = 0;
-    size_t inflight = 0;
     for (;;) {
       while (sent < iters && have_free()) {
         Status s;
-        if (registered) {
+        if (pooled) {
+          auto buf = t_.acquire_send_buffer(size);
+          if (!buf.is_ok() && buf.status().code() == Code::kNoResource) {
+            pool_dry = true;
+            break;
+          }
+          if (!buf.is_ok()) return buf.status();
+          size_t& have = pool_filled_[buf->data()];  // what this buffer already holds
+          if (have != size) {
+            std::memcpy(buf->data(), pool_frame_.data(), size);
+            have = size;
+          }
+          s = t_.send_buffer(srv_, std::move(buf).value(), size, /*tclass=*/1, nullptr);
+        } else if (registered) {
           uint64_t tok = 0;
           s = t_.send_region(srv_, reg, free_slots.back() * stride, size, &tok);
           slot_of[tok] = free_slots.back();
@@ -506,7 +531,9 @@ class Client {
         if (e.kind == EventKind::kSendComplete && e.token == ctl) continue;
         if (e.kind == EventKind::kSendComplete) {
           inflight--;
-          if (registered) {
+          pool_dry = false;
+          if (pooled) {
+          } else if (registered) {
             free_slots.push_back(slot_of[e.token]);
             slot_of.erase(e.token);
           } else {
@@ -581,6 +608,8 @@ class Client {
   std::list<std::vector<uint8_t>> blocks_;  // registered bw windows (stable addresses)
   std::shared_ptr<Device> dev_;             // bwdev: where the window lives
   std::vector<void*> dev_blocks_;
+  std::vector<uint8_t> pool_frame_;                        // bwpool: the frame written
+  std::unordered_map<const uint8_t*, size_t> pool_filled_;  // bwpool: buffer -> frame size in it
   double window_mib_ = 64;
   static constexpr size_t kBudget = size_t(1) << 30;
 };
@@ -655,6 +684,7 @@ int run_client(const TransportFlags& f) {
   transport::Options opt;
   opt.max_frame_bytes = kMaxFrame;
   opt.max_inflight_bytes = Client::kBudget;
+  opt.max_send_buffer_bytes = size_t(1) << 30;  // bwpool: the whole bw window
   // bwdev: the window lives on --device (the CPU device stands in where there is no GPU: the
   // staging path then copies host to host) and the transport stages it with the device's ops.
   Result<std::shared_ptr<Device>> dev = Status(Code::kCancelled, "bwdev not requested");
@@ -739,12 +769,13 @@ int run_client(const TransportFlags& f) {
     report.add(std::move(err));
   };
 
-  for (const char* mode : {"bw", "bwreg", "bwdev"}) {
+  for (const char* mode : {"bw", "bwreg", "bwpool", "bwdev"}) {
     if (!has(mode)) continue;
     const std::string_view m(mode);
-    const auto src = m == "bwreg"   ? Client::Source::kRegistered
-                     : m == "bwdev" ? Client::Source::kDevice
-                                    : Client::Source::kVectors;
+    const auto src = m == "bwreg"    ? Client::Source::kRegistered
+                     : m == "bwdev"  ? Client::Source::kDevice
+                     : m == "bwpool" ? Client::Source::kPool
+                                     : Client::Source::kVectors;
     if (src == Client::Source::kDevice && c.dev_ == nullptr) {
       error_row(mode, 0, dev.status());
       continue;
@@ -862,7 +893,7 @@ void add_bench_transport(CLI::App& bench, Common& common) {
       "UCX transport between two processes on loopback: bandwidth against frame size, ping-pong "
       "latency and idle CPU, next to ucx_perftest (ucp_am_bw / ucp_am_lat) run with the same "
       "sizes and UCX environment");
-  cmd->add_option("--tests", f->tests, "tests to run: bw, bwreg, bwdev, lat, idle")->capture_default_str();
+  cmd->add_option("--tests", f->tests, "tests to run: bw, bwreg, bwpool, bwdev, lat, idle")->capture_default_str();
   cmd->add_option("--bw-sizes", f->bw_sizes, "frame sizes for bw (bytes; K M G suffixes)")
       ->capture_default_str();
   cmd->add_option("--lat-sizes", f->lat_sizes, "frame sizes for lat (bytes, >= 64)")

@@ -14,12 +14,17 @@
 #include <fmt/format.h>
 
 #include "common/log.h"
+#include "transport/link_estimator.h"
 
 namespace mycel::transport {
 namespace {
 
 constexpr std::string_view kScheme = "inproc://";
 using Clock = std::chrono::steady_clock;
+
+double secs(Clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
 
 class Core;
 
@@ -36,6 +41,13 @@ struct PeerState {
   PeerStats st;
   std::weak_ptr<Core> remote;
   bool ever_connected = false;
+  LinkEstimator link;
+};
+
+// What the sender keeps of a send in flight until it completes.
+struct InFlight {
+  uint8_t tclass = 0;
+  size_t buffer_bytes = 0;  // send_buffer(): the buffer's share of the send-buffer budget
 };
 
 Entry make_event(EventKind kind, const Address& peer, Status status = {}, uint64_t token = 0) {
@@ -61,7 +73,7 @@ class Core {
 
   // Sender side: reserves the in-flight budget and marks the connection up.
   Status reserve(const Address& peer, const std::shared_ptr<Core>& remote, size_t n,
-                 uint64_t* token) {
+                 uint64_t* token, uint8_t tclass, size_t buffer_bytes) {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return Error(Code::kUnavailable, "inproc transport is closed");
     PeerState& ps = peer_state(peer);
@@ -72,6 +84,8 @@ class Core {
     }
     ps.st.inflight_bytes += n;
     *token = next_token_++;
+    inflight_[*token] = InFlight{tclass, buffer_bytes};
+    ps.link.started(*token, n, secs(Clock::now()));
     connect_locked(ps, peer, remote);
     if (opt_.send_timeout_s > 0) {
       auto now = Clock::now();
@@ -117,29 +131,35 @@ class Core {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return;
     outstanding_.erase(token);
+    InFlight f;
+    if (auto fi = inflight_.find(token); fi != inflight_.end()) {
+      f = fi->second;
+      inflight_.erase(fi);
+    }
+    buffer_used_ -= std::min(buffer_used_, f.buffer_bytes);  // the send buffer is free again
     auto it = peers_.find(peer);
     if (it == peers_.end()) return;
     PeerState& ps = it->second;
     ps.st.inflight_bytes -= std::min(ps.st.inflight_bytes, bytes);
+    const double now = secs(Clock::now());
+    const double busy = ps.link.ended(token, now, failure.is_ok());
+    Entry e;
     if (failure.is_ok()) {
+      // Counted as sent here, at completion. No wire, so no round trip: the RTT figure is the
+      // delivery latency, from the link starting on the frame to the receiver taking it.
       ps.st.bytes_sent += bytes;
       ++ps.st.frames_sent;
-      // EWMA of the transfers' own timing; for inproc this is the receiver's pace.
-      double dt = std::chrono::duration<double>(Clock::now() - sent_at).count();
-      constexpr double kAlpha = 0.2;
-      ps.st.rtt_s = ps.st.rtt_s == 0 ? dt : (1 - kAlpha) * ps.st.rtt_s + kAlpha * dt;
-      if (bytes >= (64u << 10) && dt > 0) {
-        double bw = double(bytes) / dt;
-        ps.st.bandwidth_Bps =
-            ps.st.bandwidth_Bps == 0 ? bw : (1 - kAlpha) * ps.st.bandwidth_Bps + kAlpha * bw;
-      }
-      queue_.push_back(make_event(EventKind::kSendComplete, peer, {}, token));
+      if (busy >= 0) ps.link.rtt_sample(busy, now);
+      e = make_event(EventKind::kSendComplete, peer, {}, token);
     } else {
       ++ps.st.send_failures;
       if (failure.code() == Code::kTimeout) ++ps.st.timeouts;
-      queue_.push_back(make_event(EventKind::kSendFailed, peer, failure, token));
-      if (failure.code() == Code::kUnavailable) down_locked(ps, peer, failure);
+      e = make_event(EventKind::kSendFailed, peer, failure, token);
     }
+    e.ev.tclass = f.tclass;
+    e.ev.bytes = bytes;
+    queue_.push_back(std::move(e));
+    if (!failure.is_ok() && failure.code() == Code::kUnavailable) down_locked(ps, peer, failure);
     cv_.notify_all();
   }
 
@@ -278,8 +298,45 @@ class Core {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<PeerStats> out;
     out.reserve(peers_.size());
-    for (const auto& [peer, ps] : peers_) out.push_back(ps.st);
+    const double now = secs(Clock::now());
+    for (const auto& [peer, ps] : peers_) {
+      out.push_back(ps.st);
+      ps.link.report(&out.back(), now);
+    }
     return out;
+  }
+
+  // Send buffers: plain vectors, reused from the frames the caller recycles, bounded by
+  // Options::max_send_buffer_bytes acquired or in flight (one larger may go when none is).
+  Result<std::vector<uint8_t>> acquire_buffer(size_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return Error(Code::kUnavailable, "inproc transport is closed");
+    if (buffer_used_ > 0 && buffer_used_ + n > opt_.max_send_buffer_bytes) {
+      return Error(Code::kNoResource,
+                   fmt::format("send buffers are exhausted ({} of {} bytes in use)", buffer_used_,
+                               opt_.max_send_buffer_bytes));
+    }
+    std::vector<uint8_t> v;
+    auto it = free_.lower_bound(n);
+    if (it != free_.end()) {
+      free_bytes_ -= it->first;
+      v = std::move(it->second);
+      free_.erase(it);
+    }
+    v.resize(n);
+    buffer_used_ += n;
+    return v;
+  }
+  void release_buffer(size_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    buffer_used_ -= std::min(buffer_used_, n);
+  }
+  void recycle(std::vector<uint8_t>&& v) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const size_t cap = v.capacity();
+    if (cap == 0 || free_bytes_ + cap > opt_.recv_pool_bytes) return;
+    free_bytes_ += cap;
+    free_.emplace(cap, std::move(v));
   }
 
   // A send that found no listener: counted against an existing peer entry only, so that
@@ -337,6 +394,10 @@ class Core {
   };
   std::deque<Pending> pending_;
   std::unordered_set<uint64_t> outstanding_;
+  std::unordered_map<uint64_t, InFlight> inflight_;  // by token, until completion
+  size_t buffer_used_ = 0;  // bytes of send buffers acquired or in flight
+  std::multimap<size_t, std::vector<uint8_t>> free_;  // recycled vectors, by capacity
+  size_t free_bytes_ = 0;
 };
 
 // The process-wide table of listeners by name. Never destroyed, so that transports living in
@@ -384,7 +445,62 @@ class InprocTransport final : public Transport {
 
   Address local_address() const override { return core_->addr(); }
 
-  Status send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token) override {
+  Status send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token,
+              uint8_t tclass = 0) override {
+    return send_impl(peer, std::move(bytes), token, tclass, 0);
+  }
+
+  Result<SendBuffer> acquire_send_buffer(size_t bytes) override {
+    if (bytes > core_->opt().max_frame_bytes) {
+      return Error(Code::kOutOfRange, fmt::format("a send buffer of {} bytes exceeds "
+                                                  "max_frame_bytes {}", bytes,
+                                                  core_->opt().max_frame_bytes));
+    }
+    MYCEL_ASSIGN_OR_RETURN(std::vector<uint8_t> v, core_->acquire_buffer(bytes));
+    return make_send_buffer(1, nullptr, 0, std::move(v));
+  }
+
+  Status send_buffer(const Address& peer, SendBuffer&& buf, size_t used, uint8_t tclass = 0,
+                     uint64_t* token = nullptr) override {
+    if (!owns(buf, this)) {
+      buf.reset();
+      return Error(Code::kInvalidArgument, "not a send buffer of this transport");
+    }
+    std::vector<uint8_t> v = take_vector(buf);
+    disown(buf);
+    const size_t n = v.size();  // its share of the budget, given back at completion
+    if (used > n) {
+      core_->release_buffer(n);
+      return Error(Code::kOutOfRange, fmt::format("{} bytes used of a send buffer of {}", used, n));
+    }
+    v.resize(used);
+    return send_impl(peer, std::move(v), token, tclass, n);
+  }
+
+  void recycle(std::vector<uint8_t>&& bytes) override { core_->recycle(std::move(bytes)); }
+
+  std::vector<Event> poll(double timeout_s, size_t max) override {
+    return core_->poll(timeout_s, max);
+  }
+
+ protected:
+  void release_send_buffer(uint64_t, std::vector<uint8_t>&& vec) override {
+    core_->release_buffer(vec.size());
+    core_->recycle(std::move(vec));
+  }
+
+ private:
+  // buffer_bytes: a send buffer's share of the budget, released when the send ends (or now,
+  // when it is refused before anything is queued).
+  Status send_impl(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token,
+                   uint8_t tclass, size_t buffer_bytes) {
+    Status st = send_checked(peer, std::move(bytes), token, tclass, buffer_bytes);
+    if (!st.is_ok() && buffer_bytes > 0) core_->release_buffer(buffer_bytes);
+    return st;
+  }
+
+  Status send_checked(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token,
+                      uint8_t tclass, size_t buffer_bytes) {
     if (!peer.starts_with(kScheme) || peer.size() == kScheme.size()) {
       return Error(Code::kInvalidArgument,
                    fmt::format("'{}' is not an inproc address (inproc://NAME)", peer));
@@ -396,7 +512,7 @@ class InprocTransport final : public Transport {
     }
     uint64_t tok = 0;
     size_t n = bytes.size();
-    MYCEL_CHECK(core_->reserve(peer, remote, n, &tok));
+    MYCEL_CHECK(core_->reserve(peer, remote, n, &tok, tclass, buffer_bytes));
     if (token) *token = tok;
     Status st = remote->deliver(core_, std::move(bytes), tok);
     // A refusal is reported like a failed transfer: the send itself was accepted.
@@ -404,10 +520,7 @@ class InprocTransport final : public Transport {
     return Ok();
   }
 
-  std::vector<Event> poll(double timeout_s, size_t max) override {
-    return core_->poll(timeout_s, max);
-  }
-
+ public:
   void disconnect(const Address& peer) override {
     if (auto remote = core_->disconnect_local(peer)) {
       remote->peer_down(core_->addr(), Error(Code::kUnavailable,

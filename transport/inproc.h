@@ -16,7 +16,11 @@
 //   max(max_inflight_bytes, largest frame).
 // - A send whose frame the receiver has not polled within send_timeout_s fails with kTimeout:
 //   the frame is withdrawn from the receiver's queue (never delivered late).
-// - bandwidth_Bps and rtt_s measure send-to-consumption time, i.e. the receiver's pace.
+// - The link estimate (transport/link_estimator.h, as on ucx): a send completes when the
+//   receiver takes the frame, so bandwidth_Bps is the receiver's pace while frames wait for
+//   it, and rtt_s (no wire, no round trip) is the delivery latency: from the link starting on
+//   a frame to the receiver taking it.
+// - Send buffers are plain vectors, reused from the frames the caller recycle()s.
 // - Thread-safe: any thread may call any method; poll() waits on a condition variable.
 #pragma once
 

@@ -25,14 +25,58 @@ Status Transport::deregister_memory(const MemoryRegion& r) {
   return impl.is_ok() ? Ok() : impl.status();
 }
 
+SendBuffer& SendBuffer::operator=(SendBuffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    owner_ = o.owner_;
+    id_ = o.id_;
+    data_ = o.data_;
+    size_ = o.size_;
+    vec_ = std::move(o.vec_);
+    o.owner_ = nullptr;
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+void SendBuffer::reset() {
+  if (owner_ != nullptr) owner_->release_send_buffer(id_, std::move(vec_));
+  owner_ = nullptr;
+  data_ = nullptr;
+  size_ = 0;
+  vec_ = {};
+}
+
+SendBuffer Transport::make_send_buffer(uint64_t id, uint8_t* data, size_t size,
+                                       std::vector<uint8_t> vec) {
+  SendBuffer b;
+  b.owner_ = this;
+  b.id_ = id;
+  b.vec_ = std::move(vec);
+  b.data_ = b.vec_.empty() ? data : b.vec_.data();
+  b.size_ = b.vec_.empty() ? size : b.vec_.size();
+  return b;
+}
+
+Result<SendBuffer> Transport::acquire_send_buffer(size_t bytes) {
+  return Error(Code::kUnavailable, "this transport has no send buffers");
+}
+
+Status Transport::send_buffer(const Address& peer, SendBuffer&& buf, size_t used, uint8_t tclass,
+                              uint64_t* token) {
+  buf.reset();
+  return Error(Code::kUnavailable, "this transport has no send buffers");
+}
+
 Status Transport::send_region(const Address& peer, const MemoryRegion& r, size_t offset,
-                              size_t bytes, uint64_t* token) {
+                              size_t bytes, uint64_t* token, uint8_t tclass) {
   MYCEL_CHECK(regions_.use(r, offset, bytes, /*acquire=*/false).status());
   const auto* src = static_cast<const uint8_t*>(r.base) + offset;
   std::vector<uint8_t> copy(bytes);
   if (r.type == MemoryType::kHost) {
     if (bytes > 0) std::memcpy(copy.data(), src, bytes);
-    return send(peer, std::move(copy), token);
+    return send(peer, std::move(copy), token, tclass);
   }
   // Device memory: copy out through the ops and wait (the inproc transport is for tests and
   // the simulator; ucx stages without waiting).
@@ -51,7 +95,7 @@ Status Transport::send_region(const Address& peer, const MemoryRegion& r, size_t
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
-  return send(peer, std::move(copy), token);
+  return send(peer, std::move(copy), token, tclass);
 }
 
 }  // namespace mycel::transport

@@ -44,6 +44,11 @@ struct Event {
   uint64_t token = 0;  // the send's token for kSendComplete / kSendFailed
   Status status;
   Frame frame;         // kFrame only
+  // kSendComplete / kSendFailed: the traffic class the send was given and its size in bytes,
+  // so that a caller can count its own classes of bytes where the transport counts all of
+  // them (PeerStats::bytes_sent counts at kSendComplete).
+  uint8_t tclass = 0;
+  size_t bytes = 0;
 };
 
 struct Options {
@@ -58,23 +63,76 @@ struct Options {
   // host memory the transport keeps for staging (one larger frame may go when none is in use).
   std::shared_ptr<const DeviceMemoryOps> device_ops;
   size_t max_staging_bytes = size_t(256) << 20;
+  // Send buffers (acquire_send_buffer): the most bytes of them acquired or in flight at once
+  // (one larger buffer may go when none is in use); beyond it acquire_send_buffer is
+  // kNoResource. The memory is allocated on first use and kept for reuse.
+  size_t max_send_buffer_bytes = size_t(256) << 20;
+  // Received frames handed back by recycle(): up to this many bytes of them are kept and
+  // reused for incoming frames (ucx) or send buffers (inproc).
+  size_t recv_pool_bytes = size_t(256) << 20;
 };
 
-// Per-peer statistics, read by the scheduler and metrics.
+// Per-peer statistics, read by the scheduler and metrics. Bytes and frames sent are counted
+// when a send completes (kSendComplete); failed sends are not counted as sent.
 struct PeerStats {
   Address peer;
   uint64_t bytes_sent = 0, bytes_received = 0;
   uint64_t frames_sent = 0, frames_received = 0;
   uint64_t send_failures = 0, timeouts = 0, reconnects = 0, rejected_frames = 0;
-  size_t inflight_bytes = 0;
-  double bandwidth_Bps = 0;  // estimate from completed sends (EWMA), 0 before any
-  double rtt_s = 0;          // estimate (EWMA), 0 before any
+  size_t inflight_bytes = 0;   // sent and not yet completed
+  // The link estimate (transport/link_estimator.h, same meaning on every transport):
+  // bandwidth_Bps: bytes over busy time of completed sends, in windows, EWMA; 0 before any.
+  // rtt_s: round trip (ucx: ping/pong between the two event loops; inproc, which has no
+  // wire: the delivery latency, from the link starting on a frame to the receiver taking it),
+  // EWMA; 0 before any.
+  double bandwidth_Bps = 0;
+  double rtt_s = 0;
+  // Seconds since each estimate was last updated; -1 while it never has been.
+  double bandwidth_age_s = -1;
+  double rtt_age_s = -1;
+  // Back-pressure: how long the oldest send still in flight to this peer has waited (0 when
+  // none is in flight; ucx counts an eager frame until the peer confirms it, see
+  // docs/transport.md).
+  double oldest_send_wait_s = 0;
   bool connected = false;
+};
+
+class Transport;
+
+// A buffer from a transport's pool of send buffers (acquire_send_buffer): memory the transport
+// can send from without a copy (on ucx, registered with ucp_mem_map). Fill data()[0, used)
+// and hand it to send_buffer(); it returns to the pool when that send completes or fails. A
+// buffer dropped unsent returns to the pool at once. Move-only; it must not outlive its
+// transport.
+class SendBuffer {
+ public:
+  SendBuffer() = default;
+  SendBuffer(SendBuffer&& o) noexcept { *this = std::move(o); }
+  SendBuffer& operator=(SendBuffer&& o) noexcept;
+  SendBuffer(const SendBuffer&) = delete;
+  SendBuffer& operator=(const SendBuffer&) = delete;
+  ~SendBuffer() { reset(); }
+
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }  // at least the bytes asked for
+  std::span<uint8_t> span() const { return {data_, size_}; }
+  explicit operator bool() const { return owner_ != nullptr; }
+  // Gives the buffer back to its pool unsent.
+  void reset();
+
+ private:
+  friend class Transport;
+  Transport* owner_ = nullptr;
+  uint64_t id_ = 0;  // the transport's handle
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  std::vector<uint8_t> vec_;  // where the transport's buffers are vectors (inproc)
 };
 
 class Transport {
  public:
   virtual ~Transport() = default;
+  friend class SendBuffer;  // an unsent buffer returns itself (release_send_buffer)
 
   // The address other peers reach this one at (after listen).
   virtual Address local_address() const = 0;
@@ -83,7 +141,10 @@ class Transport {
   // kSendComplete or kSendFailed event with *token follows), kNoResource when the peer's
   // in-flight budget would be exceeded (nothing queued), or an error. The transport keeps the
   // bytes alive until completion.
-  virtual Status send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token) = 0;
+  // tclass: a small traffic-class tag of the caller's (0 by default), returned in the send's
+  // kSendComplete / kSendFailed event.
+  virtual Status send(const Address& peer, std::vector<uint8_t> bytes, uint64_t* token,
+                      uint8_t tclass = 0) = 0;
 
   // Drives progress and returns the events ready, at most max. With timeout_s > 0, waits up to
   // that long for at least one event without busy polling (an idle peer uses no CPU).
@@ -107,7 +168,35 @@ class Transport {
                                                MemoryType type = MemoryType::kHost);
   virtual Status deregister_memory(const MemoryRegion& r);
   virtual Status send_region(const Address& peer, const MemoryRegion& r, size_t offset,
-                             size_t bytes, uint64_t* token);
+                             size_t bytes, uint64_t* token, uint8_t tclass = 0);
+
+  // Send buffers, for senders that build large frames at a high rate (a model's encoder):
+  // acquire_send_buffer gives a buffer of at least `bytes` from a bounded pool (kNoResource
+  // when Options::max_send_buffer_bytes are acquired or in flight); send_buffer sends its
+  // first `used` bytes as send() would (ordering, budget, events) with no copy, and the
+  // buffer returns to the pool at the send's kSendComplete / kSendFailed. send_buffer always
+  // takes the buffer: on an error (kNoResource from the in-flight budget included) it goes
+  // back to the pool at once and no event follows. The defaults here are kUnavailable.
+  virtual Result<SendBuffer> acquire_send_buffer(size_t bytes);
+  virtual Status send_buffer(const Address& peer, SendBuffer&& buf, size_t used,
+                             uint8_t tclass = 0, uint64_t* token = nullptr);
+
+  // Hands a received frame's bytes back once the caller is done with them, so that later
+  // frames (ucx) or send buffers (inproc) reuse the memory instead of allocating and
+  // faulting in fresh pages; up to Options::recv_pool_bytes are kept. The default drops them.
+  virtual void recycle(std::vector<uint8_t>&& bytes) {}
+
+ protected:
+  // For implementations of the send buffers: makes a buffer of theirs, reads its fields
+  // back, and returns an unsent buffer to the pool (called by SendBuffer::reset).
+  SendBuffer make_send_buffer(uint64_t id, uint8_t* data, size_t size,
+                              std::vector<uint8_t> vec = {});
+  static uint64_t send_buffer_id(const SendBuffer& b) { return b.owner_ ? b.id_ : 0; }
+  static bool owns(const SendBuffer& b, const Transport* t) { return b.owner_ == t; }
+  static std::vector<uint8_t> take_vector(SendBuffer& b) { return std::move(b.vec_); }
+  // Forgets b without returning it to the pool (the transport now holds it).
+  static void disown(SendBuffer& b) { b.owner_ = nullptr; b.data_ = nullptr; b.size_ = 0; }
+  virtual void release_send_buffer(uint64_t id, std::vector<uint8_t>&& vec) {}
 
  protected:
   // Set by implementations from Options::device_ops; used by the default send_region.
