@@ -36,6 +36,7 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxPendingCompute = 3;  // worker tasks queued before training is skipped
 constexpr size_t kMaxHeldTestBytes = size_t(8) << 20;  // larger test sets are read in chunks
 constexpr size_t kTestChunkRows = 256;
+constexpr uint8_t kModelClass = 1;  // the transport's traffic class of model frames
 namespace tp = mycel::transport;
 
 // Counters shared by the loop and the worker. Bytes and frames sent are counted in one place:
@@ -85,7 +86,11 @@ class LivePeer {
   std::set<std::string> unreachable_, unknown_senders_;
   std::set<std::string> reached_;  // peers heard from (a frame or a connection) at least once
   double next_tick_ = 0;
-  void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version, uint32_t part);
+  void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version, uint32_t part,
+                        std::string codec, tp::SendBuffer buf);
+  // Received frames the worker is done with, handed back to the transport by the loop.
+  std::mutex recycle_mu_;
+  std::vector<std::vector<uint8_t>> recycle_box_;
   void evaluate(double t);
   Result<models::EvalStats> evaluate_chunks();
   std::optional<data::TestChunks> test_chunks_;  // a large test set, read a chunk at a time
@@ -123,7 +128,9 @@ class LivePeer {
   std::mutex out_mu_;
   struct Outgoing {
     std::string to;
-    std::vector<uint8_t> bytes;
+    std::vector<uint8_t> bytes;  // a view frame, or a model frame where the transport has no pool
+    tp::SendBuffer buf;          // a model frame in a pooled send buffer (used bytes of it)
+    size_t used = 0;             // 0 with a buffer: encoding failed, the buffer goes back
     InFlight what;
   };
   std::deque<Outgoing> outbox_;
@@ -329,16 +336,25 @@ void LivePeer::send_view(const std::string& to, MsgKind kind, const std::vector<
 }
 
 // Runs on the worker: encodes the model as it is now and queues the frame for the loop.
+// Runs on the worker: encodes the model as it is now into the frame buffer (a pooled send
+// buffer acquired by the loop, or a fresh vector) and queues it for the loop to send. The codec
+// is the one the loop sized the buffer for. A pooled buffer always goes back to the loop (sent,
+// or returned to the pool there): the transport is single-threaded.
 void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version,
-                                uint32_t part) {
+                                uint32_t part, std::string codec, tp::SendBuffer buf) {
   auto p = params_.get();
-  auto spec = parse_codec(p->codec);
-  if (!spec) return;
+  auto spec = parse_codec(codec);
+  auto give_back = [&] {
+    if (!buf) return;
+    std::lock_guard lk(out_mu_);
+    outbox_.push_back(Outgoing{to, {}, std::move(buf), 0, {}});
+  };
+  if (!spec) return give_back();
   float* residual = nullptr;
   if (p->error_feedback && codec_is_lossy(spec->id)) {
-    if (residual_codec_ != p->codec) {  // a new codec starts with a clean residual
+    if (residual_codec_ != codec) {  // a new codec starts with a clean residual
       (void)dev_->memset(residual_.data(), 0, residual_.bytes());
-      residual_codec_ = p->codec;
+      residual_codec_ = codec;
     }
     residual = residual_.data();
   }
@@ -348,15 +364,17 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
   const uint64_t seq = ++seq_;
   // The codec writes the payload in place after the frame header; seal_frame fills the header:
   // the model's bytes are written once, into the buffer the transport sends.
-  std::vector<uint8_t> frame = tp::make_frame_buffer(max_payload_bytes(*spec, len));
+  std::vector<uint8_t> frame;
+  if (!buf) frame = tp::make_frame_buffer(max_payload_bytes(*spec, len));
+  const std::span<uint8_t> room = buf ? buf.span() : std::span<uint8_t>(frame);
   auto hdr = enc_->encode_into(*spec, model_->params().data() + off, len, residual,
                                (static_cast<uint64_t>(args_.id) << 40) ^ seq,  // randk index seed
-                               std::span<uint8_t>(frame).subspan(tp::kFrameHeaderBytes));
+                               room.subspan(tp::kFrameHeaderBytes));
   if (!hdr) {
     MYCEL_LOG_WARN("runtime", "not sending the model: {}", hdr.status().to_string());
-    return;
+    return give_back();
   }
-  frame.resize(tp::kFrameHeaderBytes + kPayloadHeaderBytes + hdr->body_bytes);
+  const size_t used = tp::kFrameHeaderBytes + kPayloadHeaderBytes + hdr->body_bytes;
   tp::FrameHeader h;
   h.type = tp::MessageType::kModel;
   h.flags = kind == MsgKind::kModelReply ? tp::kFlagReply : 0;
@@ -366,15 +384,16 @@ void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t ag
   h.model_version = partitions_ > 1 ? part : version;
   h.codec = static_cast<uint8_t>(spec->id);
   h.param_count = len;
-  if (Status st = tp::seal_frame(h, frame); !st.is_ok()) {
+  if (Status st = tp::seal_frame(h, room.first(used)); !st.is_ok()) {
     MYCEL_LOG_WARN("runtime", "not sending the model: {}", st.to_string());
-    return;
+    return give_back();
   }
   InFlight what;
   what.fp32_bytes = tp::kFrameHeaderBytes + kPayloadHeaderBytes + 4 * len;
-  what.codec = p->codec;
+  what.codec = codec;
+  if (!buf) frame.resize(used);
   std::lock_guard lk(out_mu_);
-  outbox_.push_back(Outgoing{to, std::move(frame), std::move(what)});
+  outbox_.push_back(Outgoing{to, std::move(frame), std::move(buf), used, std::move(what)});
 }
 
 void LivePeer::flush_outbox() {
@@ -383,7 +402,29 @@ void LivePeer::flush_outbox() {
     std::lock_guard lk(out_mu_);
     out.swap(outbox_);
   }
-  for (auto& o : out) send_bytes(o.to, std::move(o.bytes), std::move(o.what));
+  for (auto& o : out) {
+    if (!o.buf) {
+      send_bytes(o.to, std::move(o.bytes), std::move(o.what));
+      continue;
+    }
+    if (o.used == 0) {  // encoding failed: back to the pool, here on the loop thread
+      o.buf.reset();
+      continue;
+    }
+    o.what.bytes = o.used;
+    uint64_t token = 0;
+    Status st = tr_->send_buffer(o.to, std::move(o.buf), o.used, kModelClass, &token);
+    if (st.is_ok()) inflight_[token] = std::move(o.what);
+    else if (st.code() == Code::kNoResource) ++m_.dropped_sends;
+    else on_unreachable(o.to, st);
+  }
+  // Received frames the worker has merged: their memory serves the next ones.
+  std::vector<std::vector<uint8_t>> done;
+  {
+    std::lock_guard lk(recycle_mu_);
+    done.swap(recycle_box_);
+  }
+  for (auto& v : done) tr_->recycle(std::move(v));
 }
 
 // Carries out the core's actions.
@@ -394,11 +435,28 @@ void LivePeer::handle(std::vector<Action>& acts) {
       MsgKind kind = s->kind;
       uint64_t age = s->age, version = s->version;
       uint32_t part = s->partition;
-      worker_.post([this, to, kind, age, version, part] { encode_and_queue(to, kind, age, version, part); });
+      // The codec is fixed here, with the size of the pooled send buffer it is encoded into.
+      std::string codec = params_.get()->codec;
+      auto spec = parse_codec(codec);
+      if (!spec) continue;  // validated with the parameter set; defensive
+      const size_t len = slice_begin(part + 1) - slice_begin(part);
+      auto buf = std::make_shared<tp::SendBuffer>();
+      if (auto b = tr_->acquire_send_buffer(tp::kFrameHeaderBytes + max_payload_bytes(*spec, len)); b) {
+        *buf = std::move(b).value();
+      } else if (b.status().code() == Code::kNoResource) {
+        ++m_.dropped_sends;  // every pooled buffer is in flight: back-pressure, skip this one
+        continue;
+      }  // else no pool on this transport: a vector
+      worker_.post([this, to, kind, age, version, part, codec, buf] {
+        encode_and_queue(to, kind, age, version, part, codec, std::move(*buf));
+      });
     } else if (auto* v = std::get_if<SendView>(&a)) {
       send_view(v->to, v->kind, v->entries);
     } else if (auto* d = std::get_if<Drop>(&a)) {
-      held_.erase(d->handle);
+      auto it = held_.find(d->handle);
+      if (it == held_.end()) continue;
+      if (it->second.bytes.use_count() == 1) tr_->recycle(std::move(*it->second.bytes));
+      held_.erase(it);
     } else if (auto* mg = std::get_if<MergeModel>(&a)) {
       auto it = held_.find(mg->handle);
       if (it == held_.end()) continue;
@@ -416,6 +474,10 @@ void LivePeer::handle(std::vector<Action>& acts) {
         } else {
           ++m_.rejected_payloads;
           MYCEL_LOG_WARN("runtime", "a received model was rejected, local model unchanged: {}", s.to_string());
+        }
+        if (bytes.use_count() == 1) {  // its memory serves the next frames (the loop hands it back)
+          std::lock_guard lk(recycle_mu_);
+          recycle_box_.push_back(std::move(*bytes));
         }
       });
     } else if (auto* t = std::get_if<Train>(&a)) {

@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 
 #include "common/log.h"
+#include "models/data/cache.h"
 
 namespace mycel::runtime {
 namespace {
@@ -124,6 +125,16 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
 
   std::vector<std::string> addrs;
   for (int p : ports) addrs.push_back("ucx://" + cfg.peers.host + ":" + std::to_string(p));
+  // The per-host data cache is built here, once, before the peers start: each peer then reads
+  // only its own rows (models/data/cache.h), and none of them converts the whole set.
+  {
+    data::LoadOptions lo = load_options(cfg.data, cfg.seed);
+    auto cache = data::ensure_cache(cfg.data.dataset, lo);
+    if (!cache) {
+      if (cache.status().code() != Code::kUnavailable) return cache.status();
+      MYCEL_LOG_WARN("runtime", "{}: every peer loads the data set itself", cache.status().message());
+    }
+  }
   std::string seeds, all;
   for (int i = 0; i < std::min(n, 3); ++i) seeds += (i ? "," : "") + addrs[i];
   for (int i = 0; i < n; ++i) all += (i ? "," : "") + addrs[i];

@@ -306,8 +306,8 @@ TEST(Swarm, DpsgdPeerKilledAndRestartedRejoins) {
                                     (dir / "c.yaml").string(), "--id", std::to_string(i), "--listen", addr[i],
                                     "--peers", peers, "--out", (dir / out).string()};
   };
-  // The old port must be usable at once, with the neighbours' connections to it just cut.
-  setenv("UCX_TCP_CM_REUSEADDR", "y", 1);
+  // The old port must be usable at once, with the neighbours' connections to it just cut (the
+  // transport sets UCX_TCP_CM_REUSEADDR).
   std::vector<pid_t> pids;
   for (int i = 0; i < n; ++i) pids.push_back(spawn(args(i, "out"), (dir / ("p" + std::to_string(i) + ".log")).string()));
   std::this_thread::sleep_for(std::chrono::seconds(4));
@@ -319,7 +319,6 @@ TEST(Swarm, DpsgdPeerKilledAndRestartedRejoins) {
   // The restarted peer runs its own 14 s; its neighbours may be gone before then.
   kill(back, SIGTERM);
   EXPECT_EQ(wait_exit(back), 0) << slurp((dir / "p2-again.log").string());
-  unsetenv("UCX_TCP_CM_REUSEADDR");
   std::string j1 = slurp((dir / "out" / "peer-1.json").string()), j3 = slurp((dir / "out" / "peer-3.json").string());
   std::string j0 = slurp((dir / "out" / "peer-0.json").string());
   std::string again = slurp((dir / "again" / "peer-2.json").string());

@@ -72,6 +72,10 @@ Status UcxTransport::init(std::string_view listen) {
   uint16_t port = 0;
   MYCEL_CHECK(parse_ucx_address(listen, &host, &port));
 
+  // A peer restarted after a crash listens on its old port at once, even while the connections
+  // its peers had to it are still closing (else "Device is busy" for a minute). A component
+  // setting of UCT's tcp connection manager, read from the environment; the caller's wins.
+  setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
   ucp_config_t* cfg = nullptr;
   ucs_status_t s = ucp_config_read(nullptr, nullptr, &cfg);
   if (s != UCS_OK) return ucs_error(Code::kUnavailable, "ucp_config_read", s);
@@ -298,7 +302,12 @@ std::vector<std::pair<std::string, std::string>> ucx_config_defaults() {
   bool rdma = std::filesystem::exists("/sys/class/infiniband", ec) &&
               !std::filesystem::is_empty("/sys/class/infiniband", ec);
   if (rdma) return {};
-  return {{"UCX_RNDV_THRESH", "256K"}};
+  std::vector<std::pair<std::string, std::string>> d = {{"UCX_RNDV_THRESH", "256K"}};
+  // With peer error handling UCX 1.13 leaves out its shared-memory transports anyway
+  // (openucx/ucx#8477) unless UCX_MM_ERROR_HANDLING=y; naming the ones it uses saves each
+  // process the 4 MiB of shared-memory segments it would map for nothing.
+  if (std::getenv("UCX_MM_ERROR_HANDLING") == nullptr) d.emplace_back("UCX_TLS", "tcp,self");
+  return d;
 }
 
 Status ucx_set_buffer_reuse(Transport& t, bool return_sent, size_t pool_bytes) {
