@@ -639,10 +639,12 @@ Status LivePeer::write_summary(double t) {
     links += fmt::format(
         "{}{{\"peer\":\"{}\",\"bytes_sent\":{},\"bytes_received\":{},\"frames_sent\":{},"
         "\"frames_received\":{},\"send_failures\":{},\"timeouts\":{},\"reconnects\":{},"
-        "\"rejected_frames\":{},\"bandwidth_Bps\":{:.0f},\"rtt_s\":{:.6f},\"connected\":{}}}",
+        "\"rejected_frames\":{},\"bandwidth_Bps\":{:.0f},\"bandwidth_age_s\":{:.3f},\"rtt_s\":{:.6f},"
+        "\"rtt_age_s\":{:.3f},\"oldest_send_wait_s\":{:.6f},\"connected\":{}}}",
         links.empty() ? "" : ",", l.peer, l.bytes_sent, l.bytes_received, l.frames_sent,
         l.frames_received, l.send_failures, l.timeouts, l.reconnects, l.rejected_frames,
-        l.bandwidth_Bps, l.rtt_s, l.connected ? "true" : "false");
+        l.bandwidth_Bps, l.bandwidth_age_s, l.rtt_s, l.rtt_age_s, l.oldest_send_wait_s,
+        l.connected ? "true" : "false");
   }
   const auto& ps = proto_->stats();
   std::fprintf(f,
