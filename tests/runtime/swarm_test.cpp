@@ -334,3 +334,41 @@ TEST(Swarm, DpsgdPeerKilledAndRestartedRejoins) {
 }
 
 }  // namespace
+
+namespace {
+
+// A swarm gossiping on a CSV file the test writes itself: a header row, string labels, two
+// Gaussian blobs in 6 dimensions. The peers learn it, and the label mapping lands in the run
+// folder.
+TEST(Swarm, GossipOnACsvFileWrittenByTheTest) {
+  if (!MYCEL_BUILD_UCX) GTEST_SKIP() << "built without UCX: mycel run needs it";
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();
+  fs::path dir = temp_dir("csv");
+  {
+    std::ofstream csv(dir / "blobs.csv");
+    csv << "f0,f1,f2,f3,f4,f5,kind\n";
+    std::mt19937 rng(7);
+    std::normal_distribution<double> noise(0, 1);
+    for (int i = 0; i < 1200; ++i) {
+      const bool b = i % 2;
+      for (int f = 0; f < 6; ++f) csv << (b ? 1.5 : -1.5) + noise(rng) << ",";
+      csv << (b ? "walking" : "resting") << "\n";
+    }
+  }
+  std::ofstream(dir / "c.yaml") << "name: csv\ndata:\n  dataset: csv:" << (dir / "blobs.csv").string()
+                                << "\n  partition: iid\nmodel: logreg\ntrain:\n  lr: 0.1\n  local_steps: 2\n"
+                                   "protocol:\n  period_s: 0.3\npeers:\n  count: 3\nrun:\n  duration_s: 5\n"
+                                   "eval:\n  every_s: 1\noutput: " << (dir / "runs").string() << "\n";
+  pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string()}, (dir / "run.log").string());
+  ASSERT_EQ(wait_exit(pid), 0) << slurp((dir / "run.log").string());
+  fs::path run;
+  for (const auto& e : fs::directory_iterator(dir / "runs")) run = e.path();
+  std::string summary = slurp((run / "summary.json").string());
+  EXPECT_EQ(json_number(summary, "finished"), 3) << summary;
+  EXPECT_GT(json_number(summary, "accuracy_mean"), 0.95) << summary;
+  EXPECT_GT(json_number(summary, "merges"), 5) << summary;
+  // Labels are mapped to 0..C-1 in sorted order, and the mapping is written down.
+  EXPECT_EQ(slurp((run / "classes.csv").string()), "index,name\n0,resting\n1,walking\n");
+}
+
+}  // namespace
