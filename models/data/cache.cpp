@@ -430,8 +430,8 @@ Result<CacheFile> acquire(std::string_view name, const LoadOptions& opt, const C
   return Error(Code::kUnavailable, "no writable data cache folder (" + why + ")");
 }
 
-Dataset empty_like(const SectionHeader& s, std::string_view name, size_t n) {
-  Dataset d;
+// Gives d the section's shape with room for n rows (its buffers reused).
+void shape_like(const SectionHeader& s, std::string_view name, size_t n, Dataset& d) {
   d.name = std::string(name);
   d.n = n;
   d.dim = s.dim;
@@ -441,6 +441,11 @@ Dataset empty_like(const SectionHeader& s, std::string_view name, size_t n) {
   d.classes = s.classes;
   d.x.resize(n * s.dim);
   d.y.resize(n);
+}
+
+Dataset empty_like(const SectionHeader& s, std::string_view name, size_t n) {
+  Dataset d;
+  shape_like(s, name, n, d);
   return d;
 }
 
@@ -704,15 +709,7 @@ Status TestChunks::read(size_t begin, size_t n, Dataset& out) const {
   const SectionHeader& s = c.h.test;
   if (begin > rows_) return Error(Code::kOutOfRange, "test chunk starts past the test rows");
   n = std::min(n, rows_ - begin);
-  out.name = file_->name;
-  out.n = n;
-  out.dim = s.dim;
-  out.channels = s.channels;
-  out.height = s.height;
-  out.width = s.width;
-  out.classes = s.classes;
-  out.x.resize(n * s.dim);
-  out.y.resize(n);
+  shape_like(s, file_->name, n, out);
   MYCEL_CHECK(read_at(c.fd.get(), out.y.data(), n * sizeof(int32_t),
                       s.labels_offset + begin * sizeof(int32_t), c.path));
   MYCEL_CHECK(check_labels(out.y, s.classes, c.path));
