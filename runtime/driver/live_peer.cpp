@@ -24,6 +24,7 @@
 #include "models/optim.h"
 #include "models/trainer.h"
 #include "runtime/core/protocol.h"
+#include "runtime/driver/device_ops.h"
 #include "runtime/driver/view_codec.h"
 #include "runtime/driver/worker.h"
 #include "transport/frame.h"
@@ -230,6 +231,11 @@ Status LivePeer::setup() {
 
   tp::Options to;
   to.max_frame_bytes = max_payload_bytes(CodecSpec{}, model_->num_params()) + (size_t(1) << 20);
+  // On a GPU the transport's send buffers are page-locked (the encoder's device-to-host copy of
+  // each body lands there at DMA speed) and device frames could be staged.
+  if (dev_->kind() != DeviceKind::kCpu) {
+    MYCEL_ASSIGN_OR_RETURN(to.device_ops, device_memory_ops(dev_));
+  }
   MYCEL_ASSIGN_OR_RETURN(tr_, tp::make_transport(args_.listen, to));
   tp::FrameLimits fl;
   fl.max_params = model_->num_params();

@@ -114,6 +114,7 @@ struct SendSlab {
   size_t cap = 0;
   ucp_mem_h memh = nullptr;
   bool in_use = false;  // acquired by the caller or read by a send
+  bool pinned = false;  // page-locked through Options::device_ops (a GPU's encoder copies here)
 };
 
 struct SendOp {
