@@ -397,9 +397,12 @@ std::string workflow_yaml(const ExperimentConfig& cfg, const Spec& s) {
   shell(e, "requirements (Debian packages) and data sets (scripts/setup.sh, scripts/fetch-data.sh)",
         "cd " + d + " && scripts/setup.sh --no-build && scripts/fetch-data.sh " + cfg.data.dataset);
   if (s.prepare == "build") {
-    shell(e, "build mycel: preset cuda on x86_64 GPU nodes, jetson-xavier (CUDA 11.4, sm_72) on estats",
-          "cd " + d + " && if [ \"$(uname -m)\" = aarch64 ]; then p=jetson-xavier; else p=cuda; fi && "
-          "cmake --preset $p && cmake --build build/$p --target mycel && ln -sfn build/$p/bin/mycel mycel");
+    // x86_64 GPU nodes build for the GPUs they have (chifflot's P100/V100 are sm_60/sm_70, which
+    // the cuda preset's default list lacks); estats boards take the jetson-xavier preset.
+    shell(e, "build mycel: preset jetson-xavier (CUDA 11.4, sm_72) on estats, cuda for this node's GPUs elsewhere",
+          "cd " + d + " && if [ \"$(uname -m)\" = aarch64 ]; then p=jetson-xavier; a=; else p=cuda; "
+          "a=-DCMAKE_CUDA_ARCHITECTURES=native; fi && cmake --preset $p $a && cmake --build build/$p --target mycel && "
+          "ln -sfn build/$p/bin/mycel mycel");
   } else {
     task(e, "copy the prebuilt binaries (artifacts/bin/x86_64/mycel, artifacts/bin/aarch64/mycel)", "copy",
          {{"src", "{{ artifacts_dir }}/bin/"}, {"dest", d + "/bin/"}, {"mode", "0755"}});
