@@ -29,6 +29,9 @@ void add_data_commands(CLI::App& app, Common& common);
 // runtime/cli/train_cmd.cpp: `mycel train`.
 void add_train_command(CLI::App& app, Common& common);
 
+// runtime/cli/deploy_cmd.cpp: `mycel deploy e2clab`.
+void add_deploy_command(CLI::App& app, Common& common);
+
 // bench/bench_train.cpp: `mycel bench train`.
 void add_bench_train(CLI::App& bench, Common& common);
 

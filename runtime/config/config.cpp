@@ -196,6 +196,10 @@ Status walk(const YAML::Node& node, const std::string& prefix, std::string_view 
     std::string key = kv.first.as<std::string>();
     std::string path = prefix.empty() ? key : prefix + "." + key;
     std::string loc = where(source, kv.first.Mark());
+    if (path == "deploy") {  // read by runtime/deploy (`mycel deploy e2clab`), not by the experiment
+      if (!kv.second.IsMap()) return Error(Code::kInvalidArgument, loc + ": 'deploy' is a section; expected a mapping");
+      continue;
+    }
     const ConfigKey* k = find_key(path);
     if (!k) {
       // A known section: recurse.

@@ -71,6 +71,22 @@ TEST(Crc32c, HardwareMatchesSoftwareAtEverySizeAndAlignment) {
   EXPECT_NE(crc32c_impl_name(), "table");
 }
 
+// Which implementation frames are checked with: the ARMv8 CRC32 instructions on aarch64 (every
+// ARMv8.1 core has them: the Jetson AGX Xavier's Carmel, Orin's Cortex-A78AE; qemu-user
+// emulates them), SSE4.2 on x86_64 when the CPU has it. Printed for scripts/cross-aarch64.sh.
+TEST(Crc32c, ImplementationIsArmv8OnAarch64) {
+  std::printf("crc32c impl: %s\n", std::string(crc32c_impl_name()).c_str());
+#if defined(__aarch64__)
+  EXPECT_TRUE(crc32c_hw_available());
+  EXPECT_EQ(crc32c_impl_name(), "armv8-crc");
+#elif defined(__x86_64__)
+  if (!crc32c_hw_available()) GTEST_SKIP() << "no SSE4.2 on this CPU: the table path is used";
+  EXPECT_EQ(crc32c_impl_name(), "sse4.2");
+#else
+  GTEST_SKIP() << "no hardware CRC32C path for this architecture";
+#endif
+}
+
 TEST(Crc32c, ExtendsAcrossSplits) {
   auto buf = random_bytes(100000, 3);
   uint32_t whole = crc32c(buf);
