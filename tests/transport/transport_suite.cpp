@@ -675,10 +675,11 @@ TEST_P(TransportSuite, LinkEstimateFromTwentyFramesOf200KB) {
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   const double measured = double(kFrames) * 200000 / secs;
   // ucx: eager frames complete on a local copy; they count once the peer has answered a probe
-  // sent after them (a round trip later).
-  ASSERT_TRUE(pump({a.get(), b.get()}, sink, [&] { return stats_of(*a, to).bandwidth_age_s >= 0; },
-                   5))
-      << "no estimate";
+  // sent after them (a round trip later), and until then they are still waiting.
+  ASSERT_TRUE(pump({a.get(), b.get()}, sink, [&] {
+    PeerStats p = stats_of(*a, to);
+    return p.bandwidth_age_s >= 0 && p.oldest_send_wait_s == 0;
+  }, 5)) << "no estimate, or a send still waits with nothing in flight";
   PeerStats s = stats_of(*a, to);
   std::printf("%s: bandwidth estimate %.3g B/s, measured %.3g B/s, rtt %.3g s\n",
               GetParam().c_str(), s.bandwidth_Bps, measured, s.rtt_s);
