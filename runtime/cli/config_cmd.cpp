@@ -15,14 +15,18 @@ void add_config_command(CLI::App& app, Common&) {
   auto sets = std::make_shared<std::vector<std::string>>();
   cmd->add_flag("--defaults", *defaults, "print every key with its default and meaning");
   cmd->add_flag("--markdown", *markdown, "with --defaults: as a markdown table (docs/config.md)");
-  cmd->add_option("--check", *check, "validate a YAML config and print its resolved values");
+  auto* check_opt = cmd->add_option("--check", *check, "validate a YAML config and print its resolved values");
   cmd->add_option("--set", *sets, "KEY=VALUE overrides applied after the file (with --check)");
   cmd->callback([=] {
-    if (!check->empty()) {
+    if (check_opt->count() > 0) {
       auto c = runtime::load_config(*check);
       if (c && !sets->empty()) c = runtime::apply_overrides(*c, *sets);
       if (!c) {
         std::fprintf(stderr, "mycel config: %s\n", c.status().message().c_str());
+        throw CLI::RuntimeError(2);
+      }
+      if (Status s = runtime::check_experiment(*c); !s.is_ok()) {
+        std::fprintf(stderr, "mycel config: %s: %s\n", check->c_str(), s.message().c_str());
         throw CLI::RuntimeError(2);
       }
       for (const auto& [k, v] : c->flat) std::printf("%s: %s\n", k.c_str(), v.c_str());

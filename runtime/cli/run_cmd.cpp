@@ -57,6 +57,8 @@ void add_run_commands(CLI::App& app, Common& common) {
     auto cfg = runtime::load_config(po->config);
     if (cfg && !po->sets.empty()) cfg = runtime::apply_overrides(*cfg, po->sets);
     if (!cfg) fail("peer", cfg.status());
+    if (common.device != "auto") cfg->device = common.device;
+    if (Status s = runtime::check_experiment(*cfg); !s.is_ok()) fail("peer", s);
     if (po->id < 0 || po->id >= cfg->peers.count)
       fail("peer", Error(Code::kInvalidArgument, "--id " + std::to_string(po->id) + " is outside 0.." +
                                                      std::to_string(cfg->peers.count - 1) + " (peers.count)"));
@@ -108,6 +110,7 @@ void add_run_commands(CLI::App& app, Common& common) {
     }
     if (cfg && !ro->sets.empty()) cfg = runtime::apply_overrides(*cfg, ro->sets);
     if (!cfg) fail("run", cfg.status());
+    if (Status s = runtime::check_experiment(*cfg); !s.is_ok()) fail("run", s);
     if (path.empty()) {  // the peers read the embedded default from a file in the output folder
       std::filesystem::create_directories(cfg->output);
       path = cfg->output + "/quickstart.yaml";

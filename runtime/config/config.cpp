@@ -2,22 +2,33 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <fstream>
+#include <cstring>
 #include <set>
 #include <sstream>
 
 #include "kernels/codec.h"
 #include "models/data/dataset.h"
+#include "models/data/partition.h"
+#include "models/model.h"
+#include "models/optim.h"
 #include "runtime/core/merge_rule.h"
+#include "runtime/core/topology.h"
 
 namespace mycel::runtime {
 namespace {
 
 using K = KeyType;
 constexpr double kBig = 1e18;
+constexpr size_t kMaxConfigBytes = size_t{1} << 20;  // 1 MiB
 
 // The single table of keys. Order is the order of `mycel config --defaults`.
 const std::vector<ConfigKey> kSchema = {
@@ -117,15 +128,67 @@ std::string expected_text(const ConfigKey& k) {
   return s;
 }
 
-bool parse_int(std::string_view s, int64_t* v) {
+// "" when the text is a whole int64, else why not.
+std::string parse_int(std::string_view s, int64_t* v) {
   auto r = std::from_chars(s.data(), s.data() + s.size(), *v);
-  return r.ec == std::errc() && r.ptr == s.data() + s.size();
+  if (r.ec == std::errc::result_out_of_range) return "does not fit a 64-bit integer";
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size()) return "is not an integer";
+  return "";
 }
-bool parse_float(std::string_view s, double* v) {
+// "" when the text is a whole finite double that does not underflow, else why not.
+std::string parse_float(std::string_view s, double* v) {
   std::string t(s);
+  if (t.empty() || std::isspace(static_cast<unsigned char>(t[0]))) return "is not a number";
   char* end = nullptr;
+  errno = 0;
   *v = std::strtod(t.c_str(), &end);
-  return !t.empty() && end == t.c_str() + t.size() && std::isfinite(*v);
+  int err = errno;
+  if (end != t.c_str() + t.size()) return "is not a number";
+  if (!std::isfinite(*v)) return "is not a finite number";
+  if (err == ERANGE) {
+    if (std::fabs(*v) >= 1.0) return "overflows a double";
+    return "underflows a double";  // 1e-400: a nonzero literal that would read as 0 or a denormal
+  }
+  return "";
+}
+
+// Strings: valid UTF-8, no control characters (NUL included), bounded length. "" when fine.
+constexpr size_t kMaxString = 4096;
+constexpr size_t kMaxName = 128;
+std::string check_string(std::string_view s, size_t max_len) {
+  if (s.size() > max_len) return "is longer than " + std::to_string(max_len) + " bytes";
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) return "contains a control character (byte " + std::to_string(c) + ")";
+    if (c < 0x80) { ++i; continue; }
+    size_t n = 0;
+    uint32_t cp = 0;
+    if ((c & 0xe0) == 0xc0) { n = 1; cp = c & 0x1f; }
+    else if ((c & 0xf0) == 0xe0) { n = 2; cp = c & 0x0f; }
+    else if ((c & 0xf8) == 0xf0) { n = 3; cp = c & 0x07; }
+    else return "is not valid UTF-8";
+    for (size_t j = 1; j <= n; ++j) {
+      if (i + j >= s.size()) return "is not valid UTF-8";
+      auto d = static_cast<unsigned char>(s[i + j]);
+      if ((d & 0xc0) != 0x80) return "is not valid UTF-8";
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return "is not valid UTF-8";
+    if (cp >= 0x80 && cp < 0xa0) return "contains a control character";
+    i += n + 1;
+  }
+  return "";
+}
+
+// `name` becomes a folder under `output`: one safe file-name component.
+std::string check_name(std::string_view s) {
+  if (s.empty()) return "is empty";
+  if (s.front() == '.') return "starts with '.'";
+  for (char c : s)
+    if (c == '/' || c == '\\' || c == '"' || c == '\'' || c == '`')
+      return std::string("contains '") + c + "' (a name is one file-name component)";
+  return "";
 }
 bool parse_bool(std::string_view s, bool* v) {
   if (s == "true" || s == "yes" || s == "on") { *v = true; return true; }
@@ -142,13 +205,13 @@ Result<std::string> check_value(const ConfigKey& k, const std::string& text, con
   switch (k.type) {
     case K::kInt: {
       int64_t v;
-      if (!parse_int(text, &v)) return bad("'" + text + "' is not an integer");
+      if (auto why = parse_int(text, &v); !why.empty()) return bad("'" + text + "' " + why);
       if (k.min < k.max && (v < k.min || v > k.max)) return bad(text + " is out of range");
       return std::to_string(v);
     }
     case K::kFloat: {
       double v;
-      if (!parse_float(text, &v)) return bad("'" + text + "' is not a number");
+      if (auto why = parse_float(text, &v); !why.empty()) return bad("'" + text + "' " + why);
       if (k.min < k.max && (v < k.min || v > k.max)) return bad(text + " is out of range");
       return text;
     }
@@ -158,6 +221,10 @@ Result<std::string> check_value(const ConfigKey& k, const std::string& text, con
       return std::string(v ? "true" : "false");
     }
     case K::kString: {
+      if (auto why = check_string(text, k.path == "name" ? kMaxName : kMaxString); !why.empty())
+        return bad("the value " + why);
+      if (k.path == "name")
+        if (auto why = check_name(text); !why.empty()) return bad("'" + text + "' " + why);
       if (!k.choices.empty()) {
         std::string_view c = k.choices;
         bool ok = false;
@@ -182,7 +249,9 @@ Result<std::string> check_value(const ConfigKey& k, const std::string& text, con
       }
       return text;
     }
-    case K::kStringList: return text;
+    case K::kStringList:
+      if (auto why = check_string(text, kMaxString * 16); !why.empty()) return bad("the value " + why);
+      return text;
   }
   return text;
 }
@@ -231,7 +300,7 @@ Status walk(const YAML::Node& node, const std::string& prefix, std::string_view 
         if (!joined.empty()) joined += ",";
         joined += item.as<std::string>();
       }
-      values[path] = joined;
+      MYCEL_ASSIGN_OR_RETURN(values[path], check_value(*k, joined, loc));
       continue;
     }
     if (!v.IsScalar())
@@ -242,8 +311,17 @@ Status walk(const YAML::Node& node, const std::string& prefix, std::string_view 
 }
 
 Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::string_view source) {
-  auto I = [&](const char* k) { return std::stoll(values.at(k)); };
-  auto F = [&](const char* k) { return std::stod(values.at(k)); };
+  // Every value passed check_value; these conversions cannot fail, and do not throw if they did.
+  auto I = [&](const char* k) {
+    int64_t v = 0;
+    (void)parse_int(values.at(k), &v);
+    return v;
+  };
+  auto F = [&](const char* k) {
+    double v = 0;
+    (void)parse_float(values.at(k), &v);
+    return v;
+  };
   auto B = [&](const char* k) { return values.at(k) == "true"; };
   auto S = [&](const char* k) { return values.at(k); };
   ExperimentConfig c;
@@ -355,10 +433,16 @@ const std::vector<ConfigKey>& config_schema() { return kSchema; }
 Result<ExperimentConfig> parse_config(std::string_view yaml, std::string_view source) {
   YAML::Node root;
   try {
-    root = YAML::Load(std::string(yaml));
+    std::vector<YAML::Node> docs = YAML::LoadAll(std::string(yaml));
+    if (docs.size() > 1)
+      return Error(Code::kInvalidArgument,
+                   where(source, docs[1].Mark()) + ": a second YAML document ('---'); a config is one document");
+    if (!docs.empty()) root = docs[0];
   } catch (const YAML::Exception& e) {
     return Error(Code::kInvalidArgument,
                  std::string(source) + ":" + std::to_string(e.mark.line + 1) + ": yaml syntax error: " + e.msg);
+  } catch (const std::exception& e) {
+    return Error(Code::kInvalidArgument, std::string(source) + ": cannot read yaml: " + e.what());
   }
   auto values = defaults();
   if (!root.IsNull()) {
@@ -368,17 +452,118 @@ Result<ExperimentConfig> parse_config(std::string_view yaml, std::string_view so
     } catch (const YAML::Exception& e) {
       return Error(Code::kInvalidArgument,
                    std::string(source) + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+    } catch (const std::exception& e) {
+      return Error(Code::kInvalidArgument, std::string(source) + ": " + e.what());
     }
   }
-  return build(std::move(values), source);
+  try {
+    return build(std::move(values), source);
+  } catch (const std::exception& e) {
+    return Error(Code::kInvalidArgument, std::string(source) + ": " + e.what());
+  }
 }
 
 Result<ExperimentConfig> load_config(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return Error(Code::kNotFound, "cannot open config '" + path + "'");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parse_config(ss.str(), path);
+  if (path.empty()) return Error(Code::kInvalidArgument, "config: the path is empty");
+  // O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int e = errno;
+    return Error(e == ENOENT ? Code::kNotFound : Code::kInvalidArgument,
+                 "cannot open config '" + path + "': " + std::strerror(e));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0)
+    return Error(Code::kInvalidArgument, "config '" + path + "': fstat: " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return Error(Code::kInvalidArgument, "config '" + path + "' is a directory, not a file");
+  if (!S_ISREG(st.st_mode))
+    return Error(Code::kInvalidArgument, "config '" + path +
+                                             "' is not a regular file (a FIFO, device or socket); give a YAML file");
+  if (st.st_size > static_cast<off_t>(kMaxConfigBytes))
+    return Error(Code::kInvalidArgument, "config '" + path + "' is " + std::to_string(st.st_size) +
+                                             " bytes; the limit is " + std::to_string(kMaxConfigBytes));
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error(Code::kInvalidArgument, "config '" + path + "': read: " + std::strerror(errno));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > kMaxConfigBytes)  // grew while read
+      return Error(Code::kInvalidArgument, "config '" + path + "' is over the limit of " +
+                                               std::to_string(kMaxConfigBytes) + " bytes");
+  }
+  return parse_config(text, path);
+}
+
+namespace {
+Status check_address(std::string_view a, const std::string& what) {
+  auto bad = [&](const std::string& why) {
+    return Error(Code::kInvalidArgument, "key '" + what + "': address '" + std::string(a) + "' " + why +
+                                             "; expected ucx://HOST:PORT or inproc://NAME");
+  };
+  if (a.starts_with("inproc://")) {
+    if (a.size() == 9) return bad("has no name");
+    return Ok();
+  }
+  if (!a.starts_with("ucx://")) return bad("has no ucx:// or inproc:// scheme");
+  std::string_view hp = a.substr(6);
+  size_t colon = hp.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return bad("has no HOST:PORT");
+  std::string_view port = hp.substr(colon + 1);
+  int64_t p = 0;
+  if (!parse_int(port, &p).empty() || p < 0 || p > 65535) return bad("has a bad port");
+  return Ok();
+}
+}  // namespace
+
+Status check_experiment(const ExperimentConfig& c) {
+  auto bad = [](const char* key, const std::string& value, const Status& s) {
+    return Error(Code::kInvalidArgument, "key '" + std::string(key) + "': '" + value + "': " + s.message());
+  };
+  try {
+    if (auto r = models::parse_model_spec(c.model); !r) return bad("model", c.model, r.status());
+    if (auto r = data::parse_partition_spec(c.data.partition); !r)
+      return bad("data.partition", c.data.partition, r.status());
+    if (auto r = data::parse_data_spec(c.data.dataset); !r) return bad("data.dataset", c.data.dataset, r.status());
+    if (auto r = models::parse_schedule(c.train.schedule, static_cast<float>(c.params.lr), 1,
+                                        static_cast<float>(c.train.weight_decay));
+        !r)
+      return bad("train.schedule", c.train.schedule, r.status());
+    if (auto r = parse_codec(c.params.codec); !r) return bad("codec.spec", c.params.codec, r.status());
+    if (auto r = make_merge_rule(c.params.merge); !r) return bad("protocol.merge", c.params.merge, r.status());
+    {
+      const std::string& d = c.device;
+      bool ok = d == "auto" || d == "cpu" || d == "cuda";
+      if (!ok && d.starts_with("cuda:")) {
+        int64_t n = 0;
+        ok = parse_int(std::string_view(d).substr(5), &n).empty() && n >= 0 && n < 1024;
+      }
+      if (!ok)
+        return Error(Code::kInvalidArgument, "key 'device': '" + d + "': expected auto | cpu | cuda | cuda:N");
+    }
+    if (c.peers.host.empty() || c.peers.host.find_first_of("/: \t") != std::string::npos)
+      return Error(Code::kInvalidArgument, "key 'peers.host': '" + c.peers.host +
+                                               "' is not a host name or IPv4 address");
+    for (const auto& a : c.peers.addresses) MYCEL_CHECK(check_address(a, "peers.addresses"));
+    if (c.protocol.name == "dpsgd")
+      if (auto r = make_topology(c.protocol.topology, c.peers.count, c.protocol.degree, c.seed); !r)
+        return Error(Code::kInvalidArgument, "key 'protocol.topology': '" + c.protocol.topology + "' with peers.count " +
+                                                 std::to_string(c.peers.count) + " and protocol.degree " +
+                                                 std::to_string(c.protocol.degree) + ": " + r.status().message());
+    if (auto why = check_name(c.name); !why.empty())
+      return Error(Code::kInvalidArgument, "key 'name': '" + c.name + "' " + why);
+  } catch (const std::exception& e) {
+    return Error(Code::kInvalidArgument, std::string("config check: ") + e.what());
+  }
+  return Ok();
 }
 
 Result<ExperimentConfig> apply_overrides(const ExperimentConfig& base,
@@ -392,7 +577,7 @@ Result<ExperimentConfig> apply_overrides(const ExperimentConfig& base,
     const ConfigKey* k = find_key(key);
     if (!k) return Error(Code::kInvalidArgument, "override: unknown key '" + key + "'" + suggest(key));
     if (k->type == K::kStringList) {
-      values[key] = val;
+      MYCEL_ASSIGN_OR_RETURN(values[key], check_value(*k, val, "override"));
       continue;
     }
     MYCEL_ASSIGN_OR_RETURN(values[key], check_value(*k, val, "override"));

@@ -95,7 +95,14 @@ struct ExperimentConfig {
 // Parses YAML text. Unknown keys, wrong types, out-of-range values and bad choices are errors
 // naming the key, the line and what is expected. `source` names the text in messages.
 Result<ExperimentConfig> parse_config(std::string_view yaml, std::string_view source = "<config>");
+// Refuses, before reading, what is not a regular file (a directory, FIFO, device, socket) and
+// files over 1 MiB; a FIFO is opened without blocking. A second YAML document is an error.
 Result<ExperimentConfig> load_config(const std::string& path);
+// Every check that needs no data and no device: the model, partition, data set name form, LR
+// schedule, codec, merge rule, device spec, peers.host, peers.addresses, the D-PSGD topology with
+// peers.count and protocol.degree. `mycel config --check`, `mycel run` and `mycel peer` call it
+// before they start anything. Errors name the key.
+Status check_experiment(const ExperimentConfig& c);
 // Applies "key=value" overrides (the command line's --set) on top of a parsed config's values.
 Result<ExperimentConfig> apply_overrides(const ExperimentConfig& base,
                                          const std::vector<std::string>& overrides);

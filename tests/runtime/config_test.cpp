@@ -1,5 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "runtime/config/config.h"
@@ -200,6 +207,156 @@ TEST(ParamStore, ReplaceIsAtomicAndValidated) {
   EXPECT_FALSE(torn);
   EXPECT_EQ(store.version(), 2001u);
   EXPECT_EQ(before->codec, "int8");  // an old snapshot stays valid
+}
+
+// The reader answers with a value or an error: never an exception, never a hang.
+// Each bad input names the key (and, from YAML, the line).
+void expect_refused(std::string_view yaml, const std::string& key, const std::string& what = "") {
+  Result<ExperimentConfig> c = Error(Code::kInternal, "unset");
+  EXPECT_NO_THROW(c = parse_config(yaml, "t.yaml")) << yaml;
+  ASSERT_FALSE(c.is_ok()) << "accepted: " << yaml;
+  EXPECT_NE(c.status().message().find("'" + key + "'"), std::string::npos) << c.status().message();
+  if (!what.empty()) {
+    EXPECT_NE(c.status().message().find(what), std::string::npos) << c.status().message();
+  }
+}
+
+TEST(Config, NumbersThatDoNotFitAreErrors) {
+  expect_refused("train:\n  lr: 1e-400\n", "train.lr", "t.yaml:2");
+  expect_refused("train:\n  lr: 1e400\n", "train.lr", "t.yaml:2");
+  expect_refused("train:\n  lr: nan\n", "train.lr");
+  expect_refused("train:\n  lr: inf\n", "train.lr");
+  expect_refused("train:\n  lr: 3abc\n", "train.lr");
+  expect_refused("seed: 1180591620717411303424\n", "seed", "64-bit");  // 2^70
+  expect_refused("seed: -1\n", "seed");
+  expect_refused("train:\n  batch: 2.5\n", "train.batch");
+  // The same through --set, which used to throw out of std::stod.
+  auto base = parse_config("", "t.yaml");
+  ASSERT_TRUE(base.is_ok());
+  for (std::string o : {"train.lr=1e-400", "train.lr=1e400", "train.lr=nan", "train.lr=3abc",
+                        "seed=1180591620717411303424", "train.batch=1.5", "peers.count=-3"}) {
+    Result<ExperimentConfig> c = Error(Code::kInternal, "unset");
+    EXPECT_NO_THROW(c = apply_overrides(*base, {o}));
+    ASSERT_FALSE(c.is_ok()) << o;
+    EXPECT_NE(c.status().message().find("'" + o.substr(0, o.find('=')) + "'"), std::string::npos)
+        << c.status().message();
+  }
+}
+
+TEST(Config, NameIsOneSafeFileNameComponent) {
+  expect_refused("name: ../../x\n", "name");
+  expect_refused("name: a/b\n", "name");
+  expect_refused("name: ..\n", "name");
+  expect_refused("name: .hidden\n", "name");
+  expect_refused("name: 'a\"b'\n", "name");
+  expect_refused("name: 'a\\b'\n", "name");
+  expect_refused(std::string("name: \"a\\0b\"\n"), "name", "control");  // YAML escape for NUL
+  expect_refused(std::string("name: a\xff" "b\n"), "name");
+  expect_refused("name: " + std::string(200, 'a') + "\n", "name", "longer");
+  auto ok = parse_config("name: run-1_\xc3\xa9t\xc3\xa9\n", "t.yaml");  // UTF-8 is fine
+  EXPECT_TRUE(ok.is_ok()) << ok.status().to_string();
+  auto base = parse_config("", "t.yaml");
+  ASSERT_TRUE(base.is_ok());
+  EXPECT_FALSE(apply_overrides(*base, {"name=../x"}).is_ok());
+  EXPECT_FALSE(apply_overrides(*base, {std::string("name=a\0b", 8)}).is_ok());
+  // Other strings: no control characters, valid UTF-8.
+  expect_refused(std::string("model: \"mlp\\x01\"\n"), "model", "control");
+  expect_refused(std::string("data:\n  dir: a\xc0\xaf\n"), "data.dir", "UTF-8");  // overlong '/'
+}
+
+TEST(Config, SecondYamlDocumentIsRefused) {
+  auto c = parse_config("name: a\n---\nname: b\n", "t.yaml");
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_NE(c.status().message().find("second YAML document"), std::string::npos) << c.status().message();
+}
+
+class ConfigFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/mycel-config-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_;
+};
+
+TEST_F(ConfigFiles, FifoIsRefusedPromptly) {
+  std::string fifo = dir_ + "/c.yaml";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto t0 = std::chrono::steady_clock::now();
+  auto c = load_config(fifo);  // no writer: a blocking open would hang here
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_NE(c.status().message().find("not a regular file"), std::string::npos) << c.status().message();
+}
+
+TEST_F(ConfigFiles, DevicesDirectoriesAndHugeFilesAreRefused) {
+  auto z = load_config("/dev/zero");
+  ASSERT_FALSE(z.is_ok());
+  EXPECT_NE(z.status().message().find("not a regular file"), std::string::npos) << z.status().message();
+  auto d = load_config(dir_);
+  ASSERT_FALSE(d.is_ok());
+  EXPECT_NE(d.status().message().find("directory"), std::string::npos) << d.status().message();
+  EXPECT_FALSE(load_config("").is_ok());
+  std::string big = dir_ + "/big.yaml";
+  {
+    std::ofstream f(big);
+    f << "# " << std::string((1 << 20) + 10, 'x') << "\n";
+  }
+  auto b = load_config(big);
+  ASSERT_FALSE(b.is_ok());
+  EXPECT_NE(b.status().message().find("limit"), std::string::npos) << b.status().message();
+  std::string good = dir_ + "/good.yaml";
+  std::ofstream(good) << "name: fine\n";
+  auto g = load_config(good);
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+  EXPECT_EQ(g->name, "fine");
+}
+
+TEST(Config, CheckExperimentNamesTheKey) {
+  auto base = parse_config("", "t.yaml");
+  ASSERT_TRUE(base.is_ok());
+  EXPECT_TRUE(check_experiment(*base).is_ok()) << check_experiment(*base).to_string();
+  auto refused = [&](const ExperimentConfig& c, const std::string& key) {
+    Status s = check_experiment(c);
+    ASSERT_FALSE(s.is_ok()) << key;
+    EXPECT_NE(s.message().find("'" + key + "'"), std::string::npos) << s.message();
+  };
+  ExperimentConfig c = *base;
+  c.model = "mlp:abc";
+  refused(c, "model");
+  c = *base;
+  c.data.partition = "dirichlet:x";
+  refused(c, "data.partition");
+  c = *base;
+  c.train.schedule = "step:";
+  refused(c, "train.schedule");
+  c = *base;
+  c.device = "gpu";
+  refused(c, "device");
+  c = *base;
+  c.device = "cuda:x";
+  refused(c, "device");
+  c = *base;
+  c.peers.host = "a/b";
+  refused(c, "peers.host");
+  c = *base;
+  c.peers.count = 2;
+  c.peers.addresses = {"ucx://a:1", "tcp://b:2"};
+  refused(c, "peers.addresses");
+  c.peers.addresses = {"ucx://a:1", "ucx://b:99999"};
+  refused(c, "peers.addresses");
+  c.peers.addresses = {"ucx://a:1", "inproc://b"};
+  EXPECT_TRUE(check_experiment(c).is_ok()) << check_experiment(c).to_string();
+  c = *base;
+  c.protocol.name = "dpsgd";
+  c.protocol.topology = "regular";
+  c.peers.count = 5;
+  c.protocol.degree = 3;  // n * d odd: no 3-regular graph on 5 nodes
+  refused(c, "protocol.topology");
+  c.protocol.degree = 2;
+  EXPECT_TRUE(check_experiment(c).is_ok()) << check_experiment(c).to_string();
 }
 
 }  // namespace
