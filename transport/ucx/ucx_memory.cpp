@@ -11,6 +11,21 @@
 
 namespace mycel::transport::ucx {
 
+// Registers host memory with UCP once, for the transport's own buffers; a failure is not an
+// error (UCP then registers the memory on the send path instead), only a debug line.
+static ucp_mem_h map_host(ucp_context_h ctx, void* p, size_t bytes, const char* what) {
+  ucp_mem_map_params_t mp{};
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  mp.address = p;
+  mp.length = bytes;
+  ucp_mem_h memh = nullptr;
+  if (ucs_status_t s = ucp_mem_map(ctx, &mp, &memh); s != UCS_OK) {
+    MYCEL_LOG_DEBUG(kLog, "ucp_mem_map of {}: {}", what, ucs_status_string(s));
+    return nullptr;
+  }
+  return memh;
+}
+
 void UcxTransport::end_op(SendOp* op) {
   if (op->region != 0) regions_.release(op->region);
   op->region = 0;
@@ -134,14 +149,7 @@ Result<Staging*> UcxTransport::acquire_stage(size_t bytes) {
   }
   MYCEL_ASSIGN_OR_RETURN(void* host, device_ops_->alloc_pinned(need));
   auto* st = new Staging{host, need, nullptr};
-  ucp_mem_map_params_t mp{};
-  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-  mp.address = host;
-  mp.length = need;
-  if (ucs_status_t s = ucp_mem_map(ctx_, &mp, &st->memh); s != UCS_OK) {
-    st->memh = nullptr;  // UCP registers it on the send path instead
-    MYCEL_LOG_DEBUG(kLog, "ucp_mem_map of a staging buffer: {}", ucs_status_string(s));
-  }
+  st->memh = map_host(ctx_, host, need, "a staging buffer");
   stage_total_ += need;
   stage_used_ += need;
   return st;
@@ -250,14 +258,7 @@ Result<SendBuffer> UcxTransport::acquire_send_buffer(size_t bytes) {
     sl->data = static_cast<uint8_t*>(mem);
     sl->cap = need;
     sl->pinned = pinned;
-    ucp_mem_map_params_t mp{};
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-    mp.address = mem;
-    mp.length = need;
-    if (ucs_status_t s = ucp_mem_map(ctx_, &mp, &sl->memh); s != UCS_OK) {
-      sl->memh = nullptr;  // UCP registers it on the send path instead
-      MYCEL_LOG_DEBUG(kLog, "ucp_mem_map of a send buffer: {}", ucs_status_string(s));
-    }
+    sl->memh = map_host(ctx_, mem, need, "a send buffer");
     slab_total_ += need;
     slabs_[sl->id] = std::move(owned);
   }
