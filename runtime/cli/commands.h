@@ -32,6 +32,10 @@ void add_train_command(CLI::App& app, Common& common);
 // runtime/cli/deploy_cmd.cpp: `mycel deploy e2clab`.
 void add_deploy_command(CLI::App& app, Common& common);
 
+// runtime/cli/sim_cmd.cpp: `mycel sim`.
+void add_sim_command(CLI::App& app, Common& common);
+void add_bench_sim(CLI::App& bench, Common& common);
+
 // bench/bench_train.cpp: `mycel bench train`.
 void add_bench_train(CLI::App& bench, Common& common);
 

@@ -104,12 +104,14 @@ int main(int argc, char** argv) {
   mycel::cli::add_bench_transport(*bench, common);
   mycel::cli::add_bench_train(*bench, common);
   mycel::cli::add_bench_data(*bench, common);
+  mycel::cli::add_bench_sim(*bench, common);
 
   mycel::cli::add_config_command(app, common);
   mycel::cli::add_run_commands(app, common);
   mycel::cli::add_data_commands(app, common);
   mycel::cli::add_train_command(app, common);
   mycel::cli::add_deploy_command(app, common);
+  mycel::cli::add_sim_command(app, common);
   add_global_options(app, Globals{&log_level, &common}, true);
 
   try {

@@ -67,7 +67,7 @@ const std::vector<ConfigKey> kSchema = {
     {"protocol.local_epochs", K::kInt, "1", 1, 1000, "", false, "FedAvg: local epochs E per round"},
     {"codec.spec", K::kString, "int8", 0, 0, "", true, "codec of model exchanges: fp32 fp16 bf16 int8[:block=B] int4[:block=B] topk:F randk:F [+zstd]"},
     {"codec.error_feedback", K::kBool, "true", 0, 0, "", true, "keep the compression error and add it to the next message"},
-    {"peers.count", K::kInt, "16", 1, 100000, "", false, "number of peers (local swarm or simulation)"},
+    {"peers.count", K::kInt, "16", 1, 10000000, "", false, "number of peers (local swarm or simulation)"},
     {"peers.addresses", K::kStringList, "", 0, 0, "", false, "explicit peer addresses (deployment); empty: local peers on loopback"},
     {"peers.transport", K::kString, "ucx", 0, 0, "ucx|inproc", false, "transport between peers"},
     {"peers.host", K::kString, "127.0.0.1", 0, 0, "", false, "host the local peers listen on"},
@@ -77,6 +77,20 @@ const std::vector<ConfigKey> kSchema = {
     {"eval.every_s", K::kFloat, "5", 0.01, 1e9, "", false, "each peer evaluates its model on the test set this often"},
     {"eval.max_test", K::kInt, "2000", 0, kBig, "", false, "test samples per evaluation (0: the whole test set)"},
     {"output", K::kString, "runs", 0, 0, "", false, "output folder: one subfolder per run with per-peer CSVs and summary.json"},
+    {"network.uplink", K::kString, "inf", 0, 0, "", false, "mycel sim: each peer's uplink bandwidth: RATE (100Mbit, 2.5Gbit, 800kbit, 1MB), uniform:A,B or choice:A,B,... drawn per peer, or inf (no serialisation)"},
+    {"network.downlink", K::kString, "inf", 0, 0, "", false, "mycel sim: each peer's downlink bandwidth, as network.uplink"},
+    {"network.latency", K::kString, "10ms", 0, 0, "", false, "mycel sim: one-way latency per message: DURATION (10ms, 1.5s), uniform:A,B or choice:A,B,..."},
+    {"network.loss", K::kFloat, "0", 0, 0.999, "", false, "mycel sim: probability that a message is lost"},
+    {"network.server_link", K::kString, "inf", 0, 0, "", false, "mycel sim, FedAvg: the server's uplink and downlink bandwidth"},
+    {"churn.model", K::kString, "none", 0, 0, "none|exponential|trace", false, "mycel sim: peers going offline and online: none, exponential on/off sessions, or replay of a session trace"},
+    {"churn.on_s", K::kFloat, "3600", 1e-3, 1e9, "", false, "churn.model exponential: mean online session (s)"},
+    {"churn.off_s", K::kFloat, "3600", 1e-3, 1e9, "", false, "churn.model exponential: mean offline session (s)"},
+    {"churn.trace", K::kString, "", 0, 0, "", false, "churn.model trace: session file (one user per line: id flag start tz lengths_ms..., e.g. ../shared/data/churn-trace/peersim_session_100_2014.txt)"},
+    {"churn.wrap", K::kBool, "false", 0, 0, "", false, "churn.model trace: reuse trace lines when the trace has fewer users than peers"},
+    {"sim.threads", K::kInt, "0", 0, 256, "", false, "mycel sim: worker threads (0: every core); a run is deterministic for a seed and a thread count"},
+    {"sim.eval_peers", K::kInt, "100", 0, 1000000, "", false, "mycel sim: online peers sampled at each evaluation (0: every online peer)"},
+    {"sim.csv_peers", K::kInt, "16", 0, 100000, "", false, "mycel sim: peers (the first ones) that get a per-peer CSV"},
+    {"sim.seeds", K::kInt, "0", 0, 1024, "", false, "mycel sim, gossip: random peers each peer is given as bootstrap seeds (0: protocol.view_size)"},
 };
 
 const ConfigKey* find_key(std::string_view path) {
@@ -370,6 +384,20 @@ Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::s
   c.eval.every_s = F("eval.every_s");
   c.eval.max_test = static_cast<uint64_t>(I("eval.max_test"));
   c.output = S("output");
+  c.network.uplink = S("network.uplink");
+  c.network.downlink = S("network.downlink");
+  c.network.latency = S("network.latency");
+  c.network.loss = F("network.loss");
+  c.network.server_link = S("network.server_link");
+  c.churn.model = S("churn.model");
+  c.churn.on_s = F("churn.on_s");
+  c.churn.off_s = F("churn.off_s");
+  c.churn.trace = S("churn.trace");
+  c.churn.wrap = B("churn.wrap");
+  c.sim.threads = static_cast<int>(I("sim.threads"));
+  c.sim.eval_peers = static_cast<size_t>(I("sim.eval_peers"));
+  c.sim.csv_peers = static_cast<size_t>(I("sim.csv_peers"));
+  c.sim.seeds = static_cast<int>(I("sim.seeds"));
   // Cross-key rules.
   if (!c.peers.addresses.empty() && static_cast<int>(c.peers.addresses.size()) != c.peers.count)
     return Error(Code::kInvalidArgument,

@@ -87,6 +87,21 @@ struct ExperimentConfig {
     uint64_t max_test = 0;
   } eval;
   std::string output;
+  // mycel sim only: the modelled network, churn and the simulator's own settings.
+  struct Network {
+    std::string uplink, downlink, latency, server_link;
+    double loss = 0;
+  } network;
+  struct Churn {
+    std::string model, trace;
+    double on_s = 3600, off_s = 3600;
+    bool wrap = false;
+  } churn;
+  struct Sim {
+    int threads = 0;
+    size_t eval_peers = 100, csv_peers = 16;
+    int seeds = 0;
+  } sim;
 
   // Every key with its value as text, in schema order (for run folders and logs).
   std::map<std::string, std::string> flat;

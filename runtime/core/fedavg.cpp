@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "runtime/core/liveness.h"
 #include "runtime/core/protocol.h"
+#include "runtime/core/rng.h"
 
 namespace mycel::runtime {
 namespace {
@@ -175,7 +176,7 @@ class FedAvg final : public Protocol {
 
   ProtocolOptions opt_;
   const ParamStore* params_;
-  std::mt19937_64 rng_;
+  SmallRng rng_;
   std::map<std::string, int> index_;
   Liveness live_;  // no silence timeout: clients are silent between the rounds they are chosen for
   std::set<int> waiting_;

@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "runtime/core/protocol.h"
+#include "runtime/core/rng.h"
 
 namespace mycel::runtime {
 namespace {
@@ -38,7 +39,7 @@ class Gossip final : public Protocol {
     std::uniform_real_distribution<double> phase(0, p->period_s);
     next_wake_ = now + phase(rng_);
     probe(now, out);
-    out.push_back(SetTimer{next_wake_});
+    out.push_back(SetTimer{std::min(next_wake_, next_probe_)});
   }
 
   void tick(double now, std::vector<Action>& out) override {
@@ -107,9 +108,12 @@ class Gossip final : public Protocol {
   void peer_up(double now, const std::string& addr, std::vector<Action>&) override {
     sampling_.on_heard(addr, now);
   }
-  void peer_down(double now, const std::string& addr, std::vector<Action>&) override {
+  void peer_down(double now, const std::string& addr, std::vector<Action>& out) override {
     // A seed or a retried peer that has not answered yet is pending, not down.
     if (sampling_.on_peer_down(addr, now)) ++stats_.peers_down;
+    // Its retry is due later: the timer contract (earliest SetTimer wins) brings a tick then.
+    next_probe_ = sampling_.next_retry_s();
+    out.push_back(SetTimer{std::min(next_wake_, next_probe_)});
   }
 
   bool may_skip_training() const override { return true; }
@@ -134,7 +138,9 @@ class Gossip final : public Protocol {
   void probe(double now, std::vector<Action>& out) {
     for (auto& addr : sampling_.due_retries(now))
       out.push_back(SendView{addr, MsgKind::kShuffle, {Descriptor{opt_.self, 0}}});
-    next_probe_ = now + 0.5;
+    // The next wake-up for probing is when a retry is due, not a polling interval: a simulated
+    // swarm of 100,000 peers would spend its time in empty ticks.
+    next_probe_ = sampling_.next_retry_s();
   }
 
   void train(const RuntimeParams& p, std::vector<Action>& out) {
@@ -157,7 +163,7 @@ class Gossip final : public Protocol {
   ProtocolOptions opt_;
   const ParamStore* params_;
   PeerSampling sampling_;
-  std::mt19937_64 rng_;
+  SmallRng rng_;
   std::unique_ptr<MergeRule> rule_;
   std::vector<uint64_t> ages_;  // one per partition
   uint32_t next_part_ = 0;

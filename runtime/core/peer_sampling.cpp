@@ -1,6 +1,7 @@
 #include "runtime/core/peer_sampling.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace mycel::runtime {
 
@@ -29,13 +30,24 @@ void PeerSampling::insert_or_refresh(const Descriptor& d) {
   if (view_.size() < capacity_) view_.push_back(d);
 }
 
+// A uniform random subset of k view entries other than `exclude`: a partial Fisher-Yates over
+// indices, so that only the chosen entries are copied (the simulator calls this for every
+// shuffle and every gossip send of thousands of peers).
+std::vector<size_t> PeerSampling::random_indices(size_t k, const std::string& exclude) {
+  std::vector<size_t> idx;
+  idx.reserve(view_.size());
+  for (size_t i = 0; i < view_.size(); ++i)
+    if (exclude.empty() || view_[i].address != exclude) idx.push_back(i);
+  const size_t take = std::min(k, idx.size());
+  for (size_t i = 0; i < take; ++i) std::swap(idx[i], idx[i + rng_.below(idx.size() - i)]);
+  idx.resize(take);
+  return idx;
+}
+
 std::vector<Descriptor> PeerSampling::random_subset(size_t k, const std::string& exclude) {
-  std::vector<Descriptor> pool;
-  for (const auto& d : view_)
-    if (d.address != exclude) pool.push_back(d);
-  std::shuffle(pool.begin(), pool.end(), rng_);
-  if (pool.size() > k) pool.resize(k);
-  return pool;
+  std::vector<Descriptor> out;
+  for (size_t i : random_indices(k, exclude)) out.push_back(view_[i]);
+  return out;
 }
 
 std::optional<ShuffleRequest> PeerSampling::start_shuffle() {
@@ -73,8 +85,7 @@ void PeerSampling::on_shuffle_reply(const std::string& from, const std::vector<D
 // Cyclon's merge: skip self and known entries (keeping the younger age), fill empty slots,
 // then replace entries we sent to the other side.
 void PeerSampling::merge(const std::vector<Descriptor>& received, const std::vector<Descriptor>& sent) {
-  std::vector<std::string> replaceable;
-  for (const auto& s : sent) replaceable.push_back(s.address);
+  size_t replaceable = sent.size();  // entries sent to the other side, taken from the back
   for (const auto& d : received) {
     if (d.address == self_ || d.address.empty() || retry_.count(d.address)) continue;
     auto known = std::find_if(view_.begin(), view_.end(),
@@ -87,9 +98,8 @@ void PeerSampling::merge(const std::vector<Descriptor>& received, const std::vec
       view_.push_back(d);
       continue;
     }
-    while (!replaceable.empty()) {
-      std::string victim = replaceable.back();
-      replaceable.pop_back();
+    while (replaceable > 0) {
+      const std::string& victim = sent[--replaceable].address;
       auto v = std::find_if(view_.begin(), view_.end(),
                             [&](const Descriptor& x) { return x.address == victim; });
       if (v != view_.end()) {
@@ -140,15 +150,20 @@ std::vector<std::string> PeerSampling::due_retries(double now) {
   return due;
 }
 
+double PeerSampling::next_retry_s() const {
+  double t = std::numeric_limits<double>::infinity();
+  for (const auto& [addr, r] : retry_) t = std::min(t, r.next_s);
+  return t;
+}
+
 std::optional<std::string> PeerSampling::random_peer() {
   if (view_.empty()) return std::nullopt;
-  std::uniform_int_distribution<size_t> pick(0, view_.size() - 1);
-  return view_[pick(rng_)].address;
+  return view_[rng_.below(view_.size())].address;
 }
 
 std::vector<std::string> PeerSampling::sample(size_t k) {
   std::vector<std::string> out;
-  for (const auto& d : random_subset(k, "")) out.push_back(d.address);
+  for (size_t i : random_indices(k, std::string())) out.push_back(view_[i].address);
   return out;
 }
 

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/core/rng.h"
+
 namespace mycel::runtime {
 
 struct Descriptor {
@@ -62,6 +64,8 @@ class PeerSampling {
   // backoff (with jitter) until heard from.
   std::vector<std::string> due_retries(double now);
   bool is_down(const std::string& address) const { return retry_.count(address) > 0; }
+  // When due_retries() next has something to say (infinity with nobody to retry).
+  double next_retry_s() const;
 
   // Uniform choices among the view (excluding peers on the retry list).
   std::optional<std::string> random_peer();
@@ -74,6 +78,7 @@ class PeerSampling {
   };
   void merge(const std::vector<Descriptor>& received, const std::vector<Descriptor>& sent);
   std::vector<Descriptor> random_subset(size_t k, const std::string& exclude);
+  std::vector<size_t> random_indices(size_t k, const std::string& exclude);
   void insert_or_refresh(const Descriptor& d);
 
   std::string self_;
@@ -82,7 +87,7 @@ class PeerSampling {
   std::map<std::string, std::vector<Descriptor>> sent_;  // last entries sent per shuffle target
   std::map<std::string, Retry> retry_;
   double retry_min_s_, retry_max_s_;
-  std::mt19937_64 rng_;
+  SmallRng rng_;
 };
 
 }  // namespace mycel::runtime

@@ -24,6 +24,7 @@
 #include "models/optim.h"
 #include "models/trainer.h"
 #include "runtime/core/protocol.h"
+#include "runtime/engine/peer_engine.h"
 #include "runtime/driver/device_ops.h"
 #include "runtime/driver/view_codec.h"
 #include "runtime/driver/worker.h"
@@ -40,20 +41,15 @@ constexpr size_t kTestChunkRows = 256;
 constexpr uint8_t kModelClass = 1;  // the transport's traffic class of model frames
 namespace tp = mycel::transport;
 
-// Counters shared by the loop and the worker. Bytes and frames sent are counted in one place:
-// when the transport reports a send complete (LivePeer::on_send_done), model frames being a
-// subset of all frames; a send that fails or is refused is not counted as sent.
-struct Metrics {
-  std::atomic<uint64_t> bytes_sent{0}, bytes_received{0}, frames_sent{0}, frames_received{0};
-  std::atomic<uint64_t> model_bytes_sent{0}, fp32_bytes_equivalent{0}, models_sent{0};
-  std::atomic<uint64_t> merges{0}, train_steps{0}, rejected_frames{0}, rejected_payloads{0};
-  std::atomic<uint64_t> dropped_sends{0}, send_failures{0}, skipped_steps{0};
-  std::atomic<uint64_t> unreached_sends{0};  // sends to peers never reached yet (not started)
+// Bytes and frames sent are counted in one place: when the transport reports a send complete
+// (LivePeer::on_send_done), model frames being a subset of all frames; a send that fails or is
+// refused is not counted as sent. The counters themselves are the engine's (PeerCounters).
+struct CodecBytes {
   std::mutex mu;
-  std::map<std::string, uint64_t> bytes_by_codec;  // model bytes sent per codec
+  std::map<std::string, uint64_t> bytes;  // model bytes sent per codec
 };
 
-class LivePeer {
+class LivePeer final : public EngineHost {
  public:
   explicit LivePeer(const PeerArgs& a) : args_(a), cfg_(a.cfg), params_(a.cfg.params) {}
 
@@ -63,9 +59,23 @@ class LivePeer {
 
  private:
   double now() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
-  void handle(std::vector<Action>& acts);
+  // EngineHost: the engine's I/O goes to the transport, its compute to the worker thread.
+  void send_model(const ModelSend& s) override;
+  void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries) override;
+  void post(std::function<void()> task) override { worker_.post(std::move(task)); }
+  size_t compute_backlog() const override { return worker_.pending(); }
+  Status train(int steps, float lr, uint64_t age) override {
+    return trainer_->train_steps(static_cast<size_t>(steps), lr, age);
+  }
+  CodecContext& decoder() override { return *dec_; }
+  CodecContext& encoder() override { return *enc_; }
+  void recycle(std::vector<uint8_t>&& bytes) override {
+    std::lock_guard lk(recycle_mu_);
+    recycle_box_.push_back(std::move(bytes));
+  }
+  PeerCounters& m() { return engine_->counters(); }
+
   void on_frame(tp::Frame&& f);
-  void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries);
   // What an in-flight send will count when it completes.
   struct InFlight {
     size_t bytes = 0;
@@ -84,11 +94,9 @@ class LivePeer {
       MYCEL_LOG_WARN("runtime", "peer {} unreachable ({}): retrying with backoff", peer,
                      why.is_ok() ? std::string("connection closed") : why.to_string());
   }
-  std::set<std::string> unreachable_, unknown_senders_;
+  std::set<std::string> unreachable_;
   std::set<std::string> reached_;  // peers heard from (a frame or a connection) at least once
-  double next_tick_ = 0;
-  void encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version, uint32_t part,
-                        std::string codec, tp::SendBuffer buf);
+  void encode_and_queue(const ModelSend& s, tp::SendBuffer buf);
   // Received frames the worker is done with, handed back to the transport by the loop.
   std::mutex recycle_mu_;
   std::vector<std::vector<uint8_t>> recycle_box_;
@@ -109,23 +117,10 @@ class LivePeer {
   models::LrSchedule sched_;
   std::unique_ptr<tp::Transport> tr_;
   std::unique_ptr<tp::FrameDecoder> decoder_;
-  std::unique_ptr<Protocol> proto_;
+  std::unique_ptr<PeerEngine> engine_;
   std::unique_ptr<CodecContext> enc_, dec_;
   Buffer<float> residual_;
-  std::string residual_codec_;
-  Metrics m_;
-  // Received model frames the core has not yet merged or dropped, by handle.
-  struct Held {
-    std::shared_ptr<std::vector<uint8_t>> bytes;
-    uint32_t partition = 0;
-  };
-  std::map<uint64_t, Held> held_;
-  // Partitioned subsampling: slice p of the flat vector is [slice_begin(p), slice_begin(p + 1)).
-  size_t slice_begin(uint32_t p) const {
-    return model_->num_params() * p / static_cast<size_t>(partitions_);
-  }
-  int partitions_ = 1;
-  uint64_t next_handle_ = 0;
+  CodecBytes by_codec_;
   std::mutex out_mu_;
   struct Outgoing {
     std::string to;
@@ -260,13 +255,18 @@ Status LivePeer::setup() {
   po.local_samples = fed_server ? 0 : shard_.n;
   po.batch = cfg_.train.batch;
   const bool gossip = cfg_.protocol.name == "gossip" || cfg_.protocol.name == "push-pull";
-  partitions_ = gossip ? cfg_.protocol.partitions : 1;
-  if (static_cast<size_t>(partitions_) > model_->num_params())
-    return Error(Code::kInvalidArgument, "protocol.partitions (" + std::to_string(partitions_) +
-                                             ") exceeds the model's " + std::to_string(model_->num_params()) +
-                                             " parameters");
-  po.partitions = partitions_;
-  MYCEL_ASSIGN_OR_RETURN(proto_, make_protocol(cfg_.protocol.name, po, &params_));
+  po.partitions = gossip ? cfg_.protocol.partitions : 1;
+  MYCEL_ASSIGN_OR_RETURN(auto core, make_protocol(cfg_.protocol.name, po, &params_));
+  EngineOptions eo;
+  eo.id = args_.id;
+  eo.protocol = cfg_.protocol.name;
+  eo.num_params = model_->num_params();
+  eo.partitions = po.partitions;
+  eo.members = std::make_shared<const std::vector<std::string>>(args_.peers);
+  eo.schedule = sched_;
+  eo.max_backlog = kMaxPendingCompute;
+  MYCEL_ASSIGN_OR_RETURN(engine_, PeerEngine::create(eo, std::move(core), &params_, *dev_, model_->params().data(),
+                                                     residual_.data()));
 
   if (!args_.out_dir.empty()) {
     std::filesystem::create_directories(args_.out_dir);
@@ -290,7 +290,7 @@ void LivePeer::send_bytes(const std::string& to, std::vector<uint8_t> bytes, InF
   if (s.is_ok()) {
     inflight_[token] = std::move(what);
   } else if (s.code() == Code::kNoResource) {
-    ++m_.dropped_sends;  // back-pressure: this exchange is skipped, the next period tries again
+    ++m().dropped_sends;  // back-pressure: this exchange is skipped, the next period tries again
   } else {
     on_unreachable(to, s);
   }
@@ -300,13 +300,11 @@ void LivePeer::send_bytes(const std::string& to, std::vector<uint8_t> bytes, InF
 // started, or is starting) is not a failure: the protocol probes it until it answers.
 void LivePeer::on_unreachable(const std::string& peer, const Status& why, bool count) {
   if (count) {
-    if (reached_.count(peer)) ++m_.send_failures;
-    else ++m_.unreached_sends;
+    if (reached_.count(peer)) ++m().send_failures;
+    else ++m().unreached_sends;
   }
   if (reached_.count(peer)) note_unreachable(peer, why);
-  std::vector<Action> acts;
-  proto_->peer_down(now(), peer, acts);
-  handle(acts);
+  engine_->peer_down(now(), peer, *this);
 }
 
 void LivePeer::on_send_done(uint64_t token, bool ok) {
@@ -314,14 +312,14 @@ void LivePeer::on_send_done(uint64_t token, bool ok) {
   if (it == inflight_.end()) return;
   const InFlight& w = it->second;
   if (ok) {
-    m_.bytes_sent += w.bytes;
-    ++m_.frames_sent;
+    m().bytes_sent += w.bytes;
+    ++m().frames_sent;
     if (w.fp32_bytes) {
-      m_.model_bytes_sent += w.bytes;
-      m_.fp32_bytes_equivalent += w.fp32_bytes;
-      ++m_.models_sent;
-      std::lock_guard lk(m_.mu);
-      m_.bytes_by_codec[w.codec] += w.bytes;
+      m().model_bytes_sent += w.bytes;
+      m().fp32_bytes_equivalent += w.fp32_bytes;
+      ++m().models_sent;
+      std::lock_guard lk(by_codec_.mu);
+      by_codec_.bytes[w.codec] += w.bytes;
     }
   }
   inflight_.erase(it);
@@ -341,65 +339,26 @@ void LivePeer::send_view(const std::string& to, MsgKind kind, const std::vector<
   send_bytes(to, std::move(frame).value(), InFlight{});
 }
 
-// Runs on the worker: encodes the model as it is now and queues the frame for the loop.
-// Runs on the worker: encodes the model as it is now into the frame buffer (a pooled send
-// buffer acquired by the loop, or a fresh vector) and queues it for the loop to send. The codec
-// is the one the loop sized the buffer for. A pooled buffer always goes back to the loop (sent,
-// or returned to the pool there): the transport is single-threaded.
-void LivePeer::encode_and_queue(const std::string& to, MsgKind kind, uint64_t age, uint64_t version,
-                                uint32_t part, std::string codec, tp::SendBuffer buf) {
-  auto p = params_.get();
-  auto spec = parse_codec(codec);
-  auto give_back = [&] {
-    if (!buf) return;
-    std::lock_guard lk(out_mu_);
-    outbox_.push_back(Outgoing{to, {}, std::move(buf), 0, {}});
-  };
-  if (!spec) return give_back();
-  float* residual = nullptr;
-  if (p->error_feedback && codec_is_lossy(spec->id)) {
-    if (residual_codec_ != codec) {  // a new codec starts with a clean residual
-      (void)dev_->memset(residual_.data(), 0, residual_.bytes());
-      residual_codec_ = codec;
-    }
-    residual = residual_.data();
-  }
-  // With partitioned subsampling only slice `part` goes out (its residual slice with it).
-  const size_t off = slice_begin(part), len = slice_begin(part + 1) - off;
-  if (residual) residual += off;
-  const uint64_t seq = ++seq_;
-  // The codec writes the payload in place after the frame header; seal_frame fills the header:
-  // the model's bytes are written once, into the buffer the transport sends.
+// Runs on the worker: the engine encodes the model as it is now into the frame buffer (a pooled
+// send buffer acquired by the loop, or a fresh vector), queued for the loop to send. A pooled
+// buffer always goes back to the loop (sent, or returned to the pool there): the transport is
+// single-threaded.
+void LivePeer::encode_and_queue(const ModelSend& s, tp::SendBuffer buf) {
   std::vector<uint8_t> frame;
-  if (!buf) frame = tp::make_frame_buffer(max_payload_bytes(*spec, len));
+  if (!buf) frame.resize(s.frame_bytes);
   const std::span<uint8_t> room = buf ? buf.span() : std::span<uint8_t>(frame);
-  auto hdr = enc_->encode_into(*spec, model_->params().data() + off, len, residual,
-                               (static_cast<uint64_t>(args_.id) << 40) ^ seq,  // randk index seed
-                               room.subspan(tp::kFrameHeaderBytes));
-  if (!hdr) {
-    MYCEL_LOG_WARN("runtime", "not sending the model: {}", hdr.status().to_string());
-    return give_back();
-  }
-  const size_t used = tp::kFrameHeaderBytes + kPayloadHeaderBytes + hdr->body_bytes;
-  tp::FrameHeader h;
-  h.type = tp::MessageType::kModel;
-  h.flags = kind == MsgKind::kModelReply ? tp::kFlagReply : 0;
-  h.sender_id = static_cast<uint64_t>(args_.id);
-  h.seq = seq;
-  h.model_age = age;
-  h.model_version = partitions_ > 1 ? part : version;
-  h.codec = static_cast<uint8_t>(spec->id);
-  h.param_count = len;
-  if (Status st = tp::seal_frame(h, room.first(used)); !st.is_ok()) {
-    MYCEL_LOG_WARN("runtime", "not sending the model: {}", st.to_string());
-    return give_back();
+  auto used = engine_->encode_frame(s, ++seq_, room, *enc_);
+  std::lock_guard lk(out_mu_);
+  if (!used) {
+    MYCEL_LOG_WARN("runtime", "not sending the model: {}", used.status().to_string());
+    if (buf) outbox_.push_back(Outgoing{s.to, {}, std::move(buf), 0, {}});
+    return;
   }
   InFlight what;
-  what.fp32_bytes = tp::kFrameHeaderBytes + kPayloadHeaderBytes + 4 * len;
-  what.codec = codec;
-  if (!buf) frame.resize(used);
-  std::lock_guard lk(out_mu_);
-  outbox_.push_back(Outgoing{to, std::move(frame), std::move(buf), used, std::move(what)});
+  what.fp32_bytes = s.fp32_frame_bytes;
+  what.codec = s.codec;
+  if (!buf) frame.resize(*used);
+  outbox_.push_back(Outgoing{s.to, std::move(frame), std::move(buf), *used, std::move(what)});
 }
 
 void LivePeer::flush_outbox() {
@@ -421,7 +380,7 @@ void LivePeer::flush_outbox() {
     uint64_t token = 0;
     Status st = tr_->send_buffer(o.to, std::move(o.buf), o.used, kModelClass, &token);
     if (st.is_ok()) inflight_[token] = std::move(o.what);
-    else if (st.code() == Code::kNoResource) ++m_.dropped_sends;
+    else if (st.code() == Code::kNoResource) ++m().dropped_sends;
     else on_unreachable(o.to, st);
   }
   // Received frames the worker has merged: their memory serves the next ones.
@@ -433,150 +392,51 @@ void LivePeer::flush_outbox() {
   for (auto& v : done) tr_->recycle(std::move(v));
 }
 
-// Carries out the core's actions.
-void LivePeer::handle(std::vector<Action>& acts) {
-  for (auto& a : acts) {
-    if (auto* s = std::get_if<SendModel>(&a)) {
-      std::string to = s->to;
-      MsgKind kind = s->kind;
-      uint64_t age = s->age, version = s->version;
-      uint32_t part = s->partition;
-      // The codec is fixed here, with the size of the pooled send buffer it is encoded into.
-      std::string codec = params_.get()->codec;
-      auto spec = parse_codec(codec);
-      if (!spec) continue;  // validated with the parameter set; defensive
-      const size_t len = slice_begin(part + 1) - slice_begin(part);
-      auto buf = std::make_shared<tp::SendBuffer>();
-      if (auto b = tr_->acquire_send_buffer(tp::kFrameHeaderBytes + max_payload_bytes(*spec, len)); b) {
-        *buf = std::move(b).value();
-      } else if (b.status().code() == Code::kNoResource) {
-        ++m_.dropped_sends;  // every pooled buffer is in flight: back-pressure, skip this one
-        continue;
-      }  // else no pool on this transport: a vector
-      worker_.post([this, to, kind, age, version, part, codec, buf] {
-        encode_and_queue(to, kind, age, version, part, codec, std::move(*buf));
-      });
-    } else if (auto* v = std::get_if<SendView>(&a)) {
-      send_view(v->to, v->kind, v->entries);
-    } else if (auto* d = std::get_if<Drop>(&a)) {
-      auto it = held_.find(d->handle);
-      if (it == held_.end()) continue;
-      if (it->second.bytes.use_count() == 1) tr_->recycle(std::move(*it->second.bytes));
-      held_.erase(it);
-    } else if (auto* mg = std::get_if<MergeModel>(&a)) {
-      auto it = held_.find(mg->handle);
-      if (it == held_.end()) continue;
-      float w = mg->weight;
-      auto bytes = std::move(it->second.bytes);
-      const size_t off = slice_begin(it->second.partition);
-      const size_t len = slice_begin(it->second.partition + 1) - off;
-      held_.erase(it);
-      worker_.post([this, bytes, w, off, len] {
-        std::span<const uint8_t> payload(bytes->data() + tp::kFrameHeaderBytes,
-                                         bytes->size() - tp::kFrameHeaderBytes);
-        Status s = dec_->decode_merge(payload, model_->params().data() + off, len, w);
-        if (s.is_ok()) {
-          ++m_.merges;
-        } else {
-          ++m_.rejected_payloads;
-          MYCEL_LOG_WARN("runtime", "a received model was rejected, local model unchanged: {}", s.to_string());
-        }
-        if (bytes.use_count() == 1) {  // its memory serves the next frames (the loop hands it back)
-          std::lock_guard lk(recycle_mu_);
-          recycle_box_.push_back(std::move(*bytes));
-        }
-      });
-    } else if (auto* t = std::get_if<Train>(&a)) {
-      // Compute is the bottleneck: when the worker is already behind, an asynchronous protocol
-      // skips this training rather than queue it, so merges and sends are not delayed behind a
-      // growing backlog. Round-based protocols never skip: a skipped step is lost to the round.
-      if (proto_->may_skip_training() && worker_.pending() > kMaxPendingCompute) {
-        proto_->training_skipped(t->steps);
-        m_.skipped_steps += static_cast<uint64_t>(t->steps);
-        continue;
-      }
-      int steps = t->steps;
-      uint64_t age = t->age;
-      float base = static_cast<float>(t->lr);
-      worker_.post([this, steps, age, base] {
-        models::LrSchedule s = sched_;
-        s.base = base;
-        float lr = s.lr(models::ScheduleClock{0, 0, std::max<uint64_t>(1, age + 1)});
-        Status st = trainer_->train_steps(static_cast<size_t>(steps), lr, std::max<uint64_t>(1, age + 1));
-        if (st.is_ok()) m_.train_steps += static_cast<uint64_t>(steps);
-        else MYCEL_LOG_WARN("runtime", "training failed: {}", st.to_string());
-      });
-    } else if (auto* tm = std::get_if<SetTimer>(&a)) {
-      // The timer contract: the earliest SetTimer from any input wins; tick() clears the timer
-      // first, so the timers a tick() returns replace the earlier ones.
-      next_tick_ = std::min(next_tick_, tm->at);
-    }
-  }
+// The engine's SendModel: a pooled send buffer is acquired here, on the loop (back-pressure when
+// every one is in flight), and the encoding goes to the worker.
+void LivePeer::send_model(const ModelSend& s) {
+  auto buf = std::make_shared<tp::SendBuffer>();
+  if (auto b = tr_->acquire_send_buffer(s.frame_bytes); b) {
+    *buf = std::move(b).value();
+  } else if (b.status().code() == Code::kNoResource) {
+    ++m().dropped_sends;  // every pooled buffer is in flight: back-pressure, skip this one
+    return;
+  }  // else no pool on this transport: a vector
+  worker_.post([this, s, buf] { encode_and_queue(s, std::move(*buf)); });
 }
 
 void LivePeer::on_frame(tp::Frame&& f) {
-  ++m_.frames_received;
-  m_.bytes_received += f.bytes.size();
+  ++m().frames_received;
+  m().bytes_received += f.bytes.size();
   unreachable_.erase(f.from);
   reached_.insert(f.from);
   // Fixed-membership protocols (D-PSGD, FedAvg) take frames from the listed peers only.
-  if (!args_.peers.empty() && (cfg_.protocol.name == "dpsgd" || cfg_.protocol.name == "fedavg") &&
-      std::find(args_.peers.begin(), args_.peers.end(), f.from) == args_.peers.end()) {
-    ++m_.rejected_frames;
-    if (unknown_senders_.insert(f.from).second)
-      MYCEL_LOG_WARN("runtime", "ignoring frames from {}: not one of the {} peers of this {} experiment", f.from,
-                     args_.peers.size(), cfg_.protocol.name);
-    return;
-  }
+  if (!engine_->accepts(f.from)) return;
   tp::FrameError fe;
   auto view = decoder_->decode(f.from, f.bytes, &fe);
   if (!view) {
-    ++m_.rejected_frames;
+    ++m().rejected_frames;
     if (tp::frame_fate(fe) == tp::FrameFate::kClose) tr_->disconnect(f.from);
     return;
   }
   const auto& h = view->header;
-  Message msg;
-  msg.from = f.from;
-  std::vector<Action> acts;
+  const bool reply = (h.flags & tp::kFlagReply) != 0;
   switch (h.type) {
     case tp::MessageType::kView: {
       auto entries = parse_view(view->payload);
       if (!entries) {
-        ++m_.rejected_frames;
+        ++m().rejected_frames;
         MYCEL_LOG_DEBUG("runtime", "bad view from {}: {}", f.from, entries.status().to_string());
         return;
       }
-      msg.kind = (h.flags & tp::kFlagReply) ? MsgKind::kShuffleReply : MsgKind::kShuffle;
-      msg.entries = std::move(entries).value();
-      proto_->message(now(), msg, acts);
-      handle(acts);
+      engine_->on_view(now(), f.from, reply, std::move(entries).value(), *this);
       return;
     }
     case tp::MessageType::kModel: {
-      // Gossip with partitions: model_version is the slice index and param_count its length.
-      const uint32_t part = partitions_ > 1 ? static_cast<uint32_t>(std::min<uint64_t>(h.model_version, 1u << 30)) : 0;
-      const size_t expect = part < static_cast<uint32_t>(partitions_) ? slice_begin(part + 1) - slice_begin(part) : 0;
-      if (h.param_count != expect || expect == 0) {
-        ++m_.rejected_payloads;
-        MYCEL_LOG_WARN("runtime", "model from {} has {} parameters (slice {}), expected {}: dropped", f.from,
-                       h.param_count, part, expect);
-        return;
-      }
-      auto ph = read_header(view->payload.data(), view->payload.size(), expect);
-      if (!ph) {
-        ++m_.rejected_payloads;
-        MYCEL_LOG_WARN("runtime", "model from {} has a bad payload: {}", f.from, ph.status().to_string());
-        return;
-      }
-      msg.kind = (h.flags & tp::kFlagReply) ? MsgKind::kModelReply : MsgKind::kModel;
-      msg.age = h.model_age;
-      msg.version = h.model_version;
-      msg.handle = ++next_handle_;
-      msg.partition = part;
-      held_[msg.handle] = Held{std::make_shared<std::vector<uint8_t>>(std::move(f.bytes)), part};
-      proto_->message(now(), msg, acts);
-      handle(acts);
+      const size_t payload_offset = static_cast<size_t>(view->payload.data() - f.bytes.data());
+      const uint64_t age = h.model_age, version = h.model_version, count = h.param_count;
+      engine_->on_model(now(), f.from, reply, age, version, count,
+                        std::make_shared<std::vector<uint8_t>>(std::move(f.bytes)), payload_offset, *this);
       return;
     }
     default:
@@ -615,14 +475,14 @@ void LivePeer::evaluate(double t) {
   if (csv_) {
     std::fprintf(csv_, "%.3f,%llu,%.6f,%.6f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%s\n", t,
                  static_cast<unsigned long long>(age_seen_.load()), e->accuracy, e->loss,
-                 static_cast<unsigned long long>(m_.bytes_sent.load()),
-                 static_cast<unsigned long long>(m_.bytes_received.load()),
-                 static_cast<unsigned long long>(m_.frames_sent.load()),
-                 static_cast<unsigned long long>(m_.frames_received.load()),
-                 static_cast<unsigned long long>(m_.model_bytes_sent.load()),
-                 static_cast<unsigned long long>(m_.fp32_bytes_equivalent.load()),
-                 static_cast<unsigned long long>(m_.merges.load()),
-                 static_cast<unsigned long long>(m_.train_steps.load()), params_.get()->codec.c_str());
+                 static_cast<unsigned long long>(m().bytes_sent.load()),
+                 static_cast<unsigned long long>(m().bytes_received.load()),
+                 static_cast<unsigned long long>(m().frames_sent.load()),
+                 static_cast<unsigned long long>(m().frames_received.load()),
+                 static_cast<unsigned long long>(m().model_bytes_sent.load()),
+                 static_cast<unsigned long long>(m().fp32_bytes_equivalent.load()),
+                 static_cast<unsigned long long>(m().merges.load()),
+                 static_cast<unsigned long long>(m().train_steps.load()), params_.get()->codec.c_str());
     std::fflush(csv_);
   }
 }
@@ -634,8 +494,8 @@ Status LivePeer::write_summary(double t) {
   if (!f) return Error(Code::kIo, "cannot write " + path);
   std::string codecs;
   {
-    std::lock_guard lk(m_.mu);
-    for (const auto& [c, b] : m_.bytes_by_codec)
+    std::lock_guard lk(by_codec_.mu);
+    for (const auto& [c, b] : by_codec_.bytes)
       codecs += (codecs.empty() ? "" : ",") + std::string("\"") + c + "\":" + std::to_string(b);
   }
   // The transport's view of each link (transport::PeerStats): what the scheduler will steer by.
@@ -652,7 +512,7 @@ Status LivePeer::write_summary(double t) {
         l.bandwidth_Bps, l.bandwidth_age_s, l.rtt_s, l.rtt_age_s, l.oldest_send_wait_s,
         l.connected ? "true" : "false");
   }
-  const auto& ps = proto_->stats();
+  const auto& ps = engine_->core().stats();
   std::fprintf(f,
                "{\"peer\":%d,\"address\":\"%s\",\"seconds\":%.3f,\"age\":%llu,\"test_accuracy\":%.6f,"
                "\"test_loss\":%.6f,\"samples\":%zu,\"bytes_sent\":%llu,\"bytes_received\":%llu,"
@@ -661,23 +521,23 @@ Status LivePeer::write_summary(double t) {
                "\"rejected_frames\":%llu,\"rejected_payloads\":%llu,\"dropped_sends\":%llu,"
                "\"send_failures\":%llu,\"unreached_sends\":%llu,\"skipped_steps\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s},"
                "\"links\":[%s]}\n",
-               args_.id, tr_->local_address().c_str(), t, static_cast<unsigned long long>(proto_->age()),
+               args_.id, tr_->local_address().c_str(), t, static_cast<unsigned long long>(engine_->core().age()),
                last_acc_.load(), last_loss_.load(), shard_.n,
-               static_cast<unsigned long long>(m_.bytes_sent.load()),
-               static_cast<unsigned long long>(m_.bytes_received.load()),
-               static_cast<unsigned long long>(m_.frames_sent.load()),
-               static_cast<unsigned long long>(m_.frames_received.load()),
-               static_cast<unsigned long long>(m_.model_bytes_sent.load()),
-               static_cast<unsigned long long>(m_.fp32_bytes_equivalent.load()),
-               static_cast<unsigned long long>(m_.models_sent.load()),
-               static_cast<unsigned long long>(m_.merges.load()),
-               static_cast<unsigned long long>(m_.train_steps.load()),
-               static_cast<unsigned long long>(m_.rejected_frames.load()),
-               static_cast<unsigned long long>(m_.rejected_payloads.load()),
-               static_cast<unsigned long long>(m_.dropped_sends.load()),
-               static_cast<unsigned long long>(m_.send_failures.load()),
-               static_cast<unsigned long long>(m_.unreached_sends.load()),
-               static_cast<unsigned long long>(m_.skipped_steps.load()),
+               static_cast<unsigned long long>(m().bytes_sent.load()),
+               static_cast<unsigned long long>(m().bytes_received.load()),
+               static_cast<unsigned long long>(m().frames_sent.load()),
+               static_cast<unsigned long long>(m().frames_received.load()),
+               static_cast<unsigned long long>(m().model_bytes_sent.load()),
+               static_cast<unsigned long long>(m().fp32_bytes_equivalent.load()),
+               static_cast<unsigned long long>(m().models_sent.load()),
+               static_cast<unsigned long long>(m().merges.load()),
+               static_cast<unsigned long long>(m().train_steps.load()),
+               static_cast<unsigned long long>(m().rejected_frames.load()),
+               static_cast<unsigned long long>(m().rejected_payloads.load()),
+               static_cast<unsigned long long>(m().dropped_sends.load()),
+               static_cast<unsigned long long>(m().send_failures.load()),
+               static_cast<unsigned long long>(m().unreached_sends.load()),
+               static_cast<unsigned long long>(m().skipped_steps.load()),
                static_cast<unsigned long long>(ps.wakeups), static_cast<unsigned long long>(ps.peers_down),
                codecs.c_str(), links.c_str());
   std::fclose(f);
@@ -686,36 +546,25 @@ Status LivePeer::write_summary(double t) {
 
 Status LivePeer::run(const std::atomic<bool>* stop) {
   t0_ = Clock::now();
-  std::vector<Action> acts;
-  next_tick_ = std::numeric_limits<double>::infinity();
-  proto_->start(0, acts);
-  handle(acts);
-  if (!std::isfinite(next_tick_)) next_tick_ = 1.0;
+  engine_->start(0, *this);
   double next_eval = 0;
   const double duration = cfg_.duration_s;
   for (;;) {
     double t = now();
     if ((stop && stop->load()) || (duration > 0 && t >= duration) ||
-        (cfg_.rounds > 0 && proto_->stats().wakeups >= cfg_.rounds))
+        (cfg_.rounds > 0 && engine_->core().stats().wakeups >= cfg_.rounds))
       break;
     if (t >= next_eval) {
-      age_seen_ = proto_->age();
+      age_seen_ = engine_->core().age();
       worker_.post([this, t] { evaluate(t); });
       next_eval = t + cfg_.eval.every_s;
     }
-    if (t >= next_tick_) {
-      acts.clear();
-      next_tick_ = std::numeric_limits<double>::infinity();
-      proto_->tick(t, acts);
-      handle(acts);
-      if (!std::isfinite(next_tick_)) next_tick_ = t + 1.0;
-    }
+    if (t >= engine_->next_tick()) engine_->tick(t, *this);
     flush_outbox();
-    double wait = std::min({next_tick_, next_eval, duration > 0 ? duration : 1e18}) - now();
+    double wait = std::min({engine_->next_tick(), next_eval, duration > 0 ? duration : 1e18}) - now();
     if (worker_.pending() > 0) wait = std::min(wait, 0.002);  // an encode may queue a send
     wait = std::clamp(wait, 0.0, 0.25);
     for (auto& e : tr_->poll(wait)) {
-      std::vector<Action> a2;
       switch (e.kind) {
         case tp::EventKind::kFrame:
           on_frame(std::move(e.frame));
@@ -726,7 +575,7 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
         case tp::EventKind::kPeerUp:
           reached_.insert(e.peer);
           unreachable_.erase(e.peer);
-          proto_->peer_up(now(), e.peer, a2);
+          engine_->peer_up(now(), e.peer, *this);
           break;
         case tp::EventKind::kSendFailed:
           on_send_done(e.token, false);
@@ -738,7 +587,6 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
         default:
           break;
       }
-      handle(a2);
     }
   }
   worker_.drain();
@@ -750,12 +598,12 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
       else if (e.kind == tp::EventKind::kSendFailed) on_send_done(e.token, false);
     }
   double t_end = now();
-  age_seen_ = proto_->age();
+  age_seen_ = engine_->core().age();
   worker_.post([this, t_end] { evaluate(t_end); });
   worker_.drain();
   MYCEL_CHECK(write_summary(t_end));
   MYCEL_LOG_INFO("runtime", "peer {} done after {:.1f}s: test accuracy {:.4f}, {} merges, {} bytes sent", args_.id,
-                 t_end, last_acc_.load(), m_.merges.load(), m_.bytes_sent.load());
+                 t_end, last_acc_.load(), m().merges.load(), m().bytes_sent.load());
   // Let in-flight sends finish briefly, then close.
   auto until = Clock::now() + std::chrono::milliseconds(200);
   while (Clock::now() < until) tr_->poll(0.05);
