@@ -78,7 +78,7 @@ struct Options {
   std::string key_file;
   double handshake_timeout_s = 5.0;       // a handshake not finished by then is dropped
   size_t max_pending_handshakes = 64;     // incoming handshakes in progress, in total
-  size_t max_handshakes_per_source = 8;   // ... from one source IP
+  size_t max_handshakes_per_source = 32;  // ... from one source IP
   size_t max_connections = 1024;          // live connections + pending handshakes
   bool check_source_host = false;         // a numeric claimed host must be the source IP
   // Messages held out of order on one connection (waiting for an earlier sequence number):

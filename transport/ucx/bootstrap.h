@@ -82,7 +82,7 @@ struct BootstrapConfig {
   std::vector<SwarmKey> keys;  // empty: the well-known unauthenticated key (id 0)
   double handshake_timeout_s = 5.0;
   size_t max_pending = 64;             // handshakes in progress, in total (incoming)
-  size_t max_pending_per_source = 8;   // handshakes in progress from one source IP
+  size_t max_pending_per_source = 32;  // handshakes in progress from one source IP
   size_t max_connections = 1024;       // live connections + pending incoming handshakes
   bool check_source_host = false;      // a numeric claimed host must match a remote source IP
   double log_interval_s = 1.0;
