@@ -480,6 +480,74 @@ TEST(TrustBootstrap, FdLimitBacksOffWithoutSpinning) {
   ::waitpid(pid, &st, 0);
 }
 
+// The issue's reproduction against a real process: a peer (this binary re-executed with
+// MYCEL_TRUST_ECHO_CHILD=<dir>: it listens, publishes its address, echoes every frame) is sent
+// the 17 bytes by python3, exactly as in issue 15; it must stay alive and still echo frames.
+[[maybe_unused]] const bool kEchoChildRan = [] {
+  const char* dir = std::getenv("MYCEL_TRUST_ECHO_CHILD");
+  if (dir == nullptr) return false;
+  auto t = make_ucx_transport("ucx://127.0.0.1:0", {});
+  if (!t.is_ok()) _exit(3);
+  {
+    std::ofstream f(std::string(dir) + "/addr.tmp");
+    f << (*t)->local_address();
+  }
+  std::filesystem::rename(std::string(dir) + "/addr.tmp", std::string(dir) + "/addr");
+  for (;;) {
+    for (Event& e : (*t)->poll(0.1)) {
+      if (e.kind == EventKind::kFrame) (void)(*t)->send(e.peer, e.frame.bytes, nullptr);
+    }
+  }
+}();
+
+TEST(TrustProcess, PythonSeventeenBytesDoNotKillAPeerProcess) {
+  if (std::system("command -v python3 >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
+  auto dir = std::filesystem::temp_directory_path() /
+             ("mycel-trust-echo-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    setenv("MYCEL_TRUST_ECHO_CHILD", dir.c_str(), 1);
+    execl("/proc/self/exe", "trust_echo_child", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  auto end = Clock::now() + std::chrono::seconds(30);
+  while (!std::filesystem::exists(dir / "addr") && Clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(std::filesystem::exists(dir / "addr"));
+  std::string addr;
+  std::ifstream(dir / "addr") >> addr;
+  std::string host;
+  uint16_t port = 0;
+  ASSERT_TRUE(parse_ucx_address(addr, &host, &port).is_ok());
+  for (int round = 0; round < 3; ++round) {
+    std::string cmd = "python3 -c \"import socket;s=socket.create_connection(('127.0.0.1'," +
+                      std::to_string(port) + "));s.sendall(b'\\0'*17)\"";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, WNOHANG), 0) << "the peer process died: status " << st;
+  auto a = make();
+  std::vector<uint8_t> msg(2000, 5);
+  ASSERT_TRUE(a->send(addr, msg, nullptr).is_ok());
+  bool echoed = false;
+  end = Clock::now() + std::chrono::seconds(20);
+  while (!echoed && Clock::now() < end) {
+    for (Event& e : a->poll(0.01)) {
+      if (e.kind == EventKind::kFrame) echoed = e.frame.bytes == msg;
+    }
+  }
+  EXPECT_TRUE(echoed);
+  EXPECT_EQ(::waitpid(pid, &st, WNOHANG), 0);
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &st, 0);
+  std::filesystem::remove_all(dir);
+}
+
 // ---- after the handshake -------------------------------------------------------------------
 
 TEST(TrustTransport, ReorderBufferIsBoundedAndCounted) {
