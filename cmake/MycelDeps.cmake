@@ -27,6 +27,12 @@ endif()
 pkg_check_modules(UCX IMPORTED_TARGET ucx)
 set(MYCEL_HAVE_UCX ${UCX_FOUND})
 
+# libsodium (libsodium-dev): the UCX transport's authenticated bootstrap (docs/security.md).
+pkg_check_modules(SODIUM IMPORTED_TARGET libsodium)
+if(MYCEL_HAVE_UCX AND NOT SODIUM_FOUND)
+  message(FATAL_ERROR "libsodium not found: run scripts/setup.sh (package libsodium-dev)")
+endif()
+
 if(MYCEL_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

@@ -88,6 +88,7 @@ REQS=(
   "zlib|pc zlib|zlib1g-dev"
   "OpenBLAS|openblas|libopenblas-dev"
   "UCX|pc ucx|libucx-dev"
+  "libsodium (UCX bootstrap)|pc libsodium|libsodium-dev"
   "ucx_perftest|have ucx_perftest|ucx-utils"
   "GoogleTest|hdr gtest/gtest.h|libgtest-dev"
   "GoogleMock|hdr gmock/gmock.h|libgmock-dev"

@@ -70,6 +70,22 @@ struct Options {
   // Received frames handed back by recycle(): up to this many bytes of them are kept and
   // reused for incoming frames (ucx) or send buffers (inproc).
   size_t recv_pool_bytes = size_t(256) << 20;
+
+  // Trust (ucx; docs/security.md). The listen port is mycel's bootstrap listener: an
+  // authenticated handshake (swarm key) comes before anything reaches UCX.
+  // key_file: swarm keys ("ID HEX64" lines, mode 0600; write_key_file makes one). Empty: the
+  // unauthenticated well-known key (a warning is logged: anyone who can reach the port joins).
+  std::string key_file;
+  double handshake_timeout_s = 5.0;       // a handshake not finished by then is dropped
+  size_t max_pending_handshakes = 64;     // incoming handshakes in progress, in total
+  size_t max_handshakes_per_source = 32;  // ... from one source IP
+  size_t max_connections = 1024;          // live connections + pending handshakes
+  bool check_source_host = false;         // a numeric claimed host must be the source IP
+  // Messages held out of order on one connection (waiting for an earlier sequence number):
+  // beyond either bound the connection is closed and PeerStats::reorder_overflows counted.
+  size_t max_reorder_frames = 4096;
+  size_t max_reorder_bytes = size_t(1) << 30;
+  double log_interval_s = 1.0;            // per-cause warnings: at most 5 lines per interval
 };
 
 // Per-peer statistics, read by the scheduler and metrics. Bytes and frames sent are counted
@@ -79,6 +95,9 @@ struct PeerStats {
   uint64_t bytes_sent = 0, bytes_received = 0;
   uint64_t frames_sent = 0, frames_received = 0;
   uint64_t send_failures = 0, timeouts = 0, reconnects = 0, rejected_frames = 0;
+  // ucx: connections from this peer closed because too many messages (or bytes) waited for an
+  // earlier sequence number (Options::max_reorder_frames / max_reorder_bytes).
+  uint64_t reorder_overflows = 0;
   size_t inflight_bytes = 0;   // sent and not yet completed
   // The link estimate (transport/link_estimator.h, same meaning on every transport):
   // bandwidth_Bps: bytes over busy time of completed sends, in windows, EWMA; 0 before any.

@@ -10,6 +10,7 @@
 // Not a public header: only transport/ucx/*.cpp include it.
 #pragma once
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
@@ -24,6 +25,7 @@
 
 #include "transport/link_estimator.h"
 #include "transport/transport.h"
+#include "transport/ucx/bootstrap.h"
 #include "transport/ucx/ucx_transport.h"
 #include "transport/ucx/wire.h"
 
@@ -57,6 +59,7 @@ struct Peer;
 struct RecvSlot {
   MsgType type = MsgType::kData;
   std::vector<uint8_t> bytes;
+  size_t len = 0;      // bytes held for it (counted in Conn::reorder_bytes)
   bool done = false;   // the bytes are all here (or the receive failed / was refused)
   bool drop = false;   // refused or failed: consumes its seq, delivers nothing
 };
@@ -75,6 +78,13 @@ struct Conn {
   uint64_t send_seq = 1;  // 0 is the hello
   uint64_t recv_next = 0;
   std::map<uint64_t, RecvSlot> reorder;
+  size_t reorder_bytes = 0;   // sum of reorder[].len
+  // The bootstrap (bootstrap.h): while boot_id is set the handshake runs, there is no
+  // endpoint yet and sends wait in `queued`; then the endpoint is created from the peer's
+  // worker address and messages carry send_tag (ours arrive with recv_tag).
+  uint64_t boot_id = 0;
+  std::vector<struct SendOp*> queued;
+  uint64_t recv_tag = 0, send_tag = 0;
   size_t pending_ops = 0;     // UCP requests (sends, receives) not yet completed
   bool ping_outstanding = false;
   uint64_t rtt_stamp = 0;  // the stamp of the RTT probe outstanding
@@ -151,7 +161,10 @@ struct RecvOp {
 class UcxTransport final : public Transport {
  public:
   explicit UcxTransport(const Options& opt)
-      : opt_(opt), rng_(std::random_device{}()), pool_limit_(opt.recv_pool_bytes) {
+      : opt_(opt),
+        rng_(std::random_device{}()),
+        warn_limit_(opt.log_interval_s, 5),
+        pool_limit_(opt.recv_pool_bytes) {
     device_ops_ = opt.device_ops;
   }
   ~UcxTransport() override { shutdown(); }
@@ -189,8 +202,9 @@ class UcxTransport final : public Transport {
     }
   }
 
+  TrustStats trust_stats() const;
+
   // UCP callbacks (static trampolines call these).
-  void on_conn_request(ucp_conn_request_h req) { conn_reqs_.push_back(req); }
   void on_ep_error(Conn* c, ucs_status_t s) {
     if (!c->failed) deferred_fail_.push_back({c->id, ucs_error(Code::kUnavailable,
                                                                 "endpoint error", s)});
@@ -224,6 +238,17 @@ class UcxTransport final : public Transport {
   void advance_staging();
   void progress();
   void handle_deferred();
+  // Finished handshakes: endpoints from worker addresses, queued sends launched.
+  void handle_bootstrap(double now);
+  Status make_ep(Conn* c, const std::vector<uint8_t>& worker_addr);
+  void erase_slot(Conn* c, std::map<uint64_t, RecvSlot>::iterator it) {
+    c->reorder_bytes -= it->second.len;
+    c->reorder.erase(it);
+  }
+  // A warning limited per cause (Options::log_interval_s).
+  bool warn_ok(std::string_view cause, uint64_t* suppressed) {
+    return warn_limit_.allow(cause, now_s(), suppressed);
+  }
   // Closes c: forced (outstanding requests cancelled) after an error, or graceful (flushes,
   // then tells the peer, whose endpoint fails with "connection reset") for disconnect/close.
   void fail_conn(Conn* c, Status why, bool graceful = false);
@@ -251,7 +276,13 @@ class UcxTransport final : public Transport {
   std::mt19937_64 rng_;
   ucp_context_h ctx_ = nullptr;
   ucp_worker_h worker_ = nullptr;
-  ucp_listener_h listener_ = nullptr;
+  std::unique_ptr<Bootstrap> boot_;
+  std::vector<uint8_t> worker_addr_;                           // ours, for the handshakes
+  std::unordered_map<uint64_t, Conn*> tag_conn_;               // recv_tag -> connection
+  std::unordered_map<uint64_t, uint64_t> boot_conn_;           // bootstrap id -> conn id
+  uint64_t unknown_tag_ = 0, bad_headers_ = 0, reorder_overflows_ = 0;
+  LogLimiter warn_limit_;
+  std::vector<pollfd> pfds_;  // poll()'s descriptors, reused
   int efd_ = -1;
   Address local_;
   bool closed_ = false;
@@ -267,7 +298,6 @@ class UcxTransport final : public Transport {
   std::set<uint64_t> flush_due_;                               // conn ids due a flush probe
   size_t eager_limit_ = 0;  // frames below this go eager (UCX_RNDV_THRESH): confirmed by probe
   std::vector<uint64_t> to_close_;                             // conn ids whose bye has gone
-  std::vector<ucp_conn_request_h> conn_reqs_;
   std::vector<std::pair<uint64_t, Status>> deferred_fail_;     // (conn id, why)
   std::vector<std::pair<uint64_t, uint64_t>> pongs_;           // (conn id, stamp)
   std::deque<Event> events_;
@@ -286,7 +316,6 @@ class UcxTransport final : public Transport {
 };
 
 // UCP callbacks (trampolines to the UcxTransport methods).
-void conn_request_cb(ucp_conn_request_h req, void* arg);
 void ep_error_cb(void* arg, ucp_ep_h, ucs_status_t status);
 ucs_status_t am_cb(void* arg, const void* header, size_t header_length, void* data,
                    size_t length, const ucp_am_recv_param_t* param);

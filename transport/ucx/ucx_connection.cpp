@@ -55,9 +55,6 @@ std::string outward_host() {
 
 // --- UCP trampolines -------------------------------------------------------------------------
 
-void conn_request_cb(ucp_conn_request_h req, void* arg) {
-  static_cast<UcxTransport*>(arg)->on_conn_request(req);
-}
 void ep_error_cb(void* arg, ucp_ep_h, ucs_status_t status) {
   auto* c = static_cast<Conn*>(arg);
   c->t->on_ep_error(c, status);
@@ -72,6 +69,9 @@ Peer* UcxTransport::peer_for(const Address& a) {
   return p.get();
 }
 
+// Starts the bootstrap handshake to p (bootstrap.h); the endpoint is created from the worker
+// address it returns (handle_bootstrap). Sends queue on the connection meanwhile, the hello
+// first: its deadline (connect_timeout_s) bounds the whole connection attempt.
 Status UcxTransport::connect(Peer* p) {
   std::string host;
   uint16_t port = 0;
@@ -79,40 +79,117 @@ Status UcxTransport::connect(Peer* p) {
   sockaddr_storage sa{};
   socklen_t salen = 0;
   MYCEL_CHECK(resolve(host, port, &sa, &salen));
+  MYCEL_ASSIGN_OR_RETURN(uint64_t bid, boot_->connect(sa, salen, now_s()));
 
   auto c = std::make_unique<Conn>();
   c->id = next_conn_id_++;
   c->t = this;
   c->outgoing = true;
   c->peer = p;
-  c->recv_next = 1;  // the accepting side knows us from our hello and sends no hello back
-  ucp_ep_params_t ep{};
-  ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                  UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-  ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
-  ep.sockaddr.addrlen = salen;
-  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-  ep.err_handler.cb = ep_error_cb;
-  ep.err_handler.arg = c.get();
-  // Non-blocking: the connection is established by progress; sends queue until then.
-  ucs_status_t s = ucp_ep_create(worker_, &ep, &c->ep);
-  if (s != UCS_OK) {
-    return ucs_error(Code::kUnavailable, "cannot create an endpoint to " + p->addr, s);
-  }
+  c->recv_next = 0;  // both sides send a hello (seq 0) on their own endpoint
+  c->boot_id = bid;
+  boot_conn_[bid] = c->id;
   if (p->had_conn) p->st.reconnects++;
   p->had_conn = true;
   Conn* raw = c.get();
-  ep_conn_[raw->ep] = raw;
   conns_[raw->id] = std::move(c);
   p->conn = raw;
-  std::vector<uint8_t> me(local_.begin(), local_.end());
-  auto hello = post(raw, MsgType::kHello, 0, std::move(me), 0, opt_.connect_timeout_s);
+  auto hello = post(raw, MsgType::kHello, 0, {}, 0, opt_.connect_timeout_s);
   if (!hello.is_ok()) {
     fail_conn(raw, hello.status());
     return hello.status();
   }
   return Ok();
+}
+
+Status UcxTransport::make_ep(Conn* c, const std::vector<uint8_t>& worker_addr) {
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.address = reinterpret_cast<const ucp_address_t*>(worker_addr.data());
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = ep_error_cb;
+  ep.err_handler.arg = c;
+  ucs_status_t s = ucp_ep_create(worker_, &ep, &c->ep);
+  if (s != UCS_OK) {
+    c->ep = nullptr;
+    return ucs_error(Code::kUnavailable, "cannot create an endpoint", s);
+  }
+  ep_conn_[c->ep] = c;
+  return Ok();
+}
+
+void UcxTransport::handle_bootstrap(double now) {
+  std::vector<BootstrapDone> done;
+  boot_->set_established(conns_.size());
+  boot_->progress(now, &done);
+  for (BootstrapDone& d : done) {
+    if (d.outgoing) {
+      auto bc = boot_conn_.find(d.id);
+      if (bc == boot_conn_.end()) continue;
+      const uint64_t cid = bc->second;
+      boot_conn_.erase(bc);
+      auto it = conns_.find(cid);
+      if (it == conns_.end() || it->second->failed) continue;
+      Conn* c = it->second.get();
+      c->boot_id = 0;
+      if (!d.status.is_ok()) {
+        fail_conn(c, Status(d.status.code(), "cannot connect to " + c->peer->addr + ": " +
+                                                 d.status.message()));
+        continue;
+      }
+      if (tag_conn_.count(d.recv_tag) != 0) {
+        fail_conn(c, Status(Code::kInternal, "session tag collision"));
+        continue;
+      }
+      if (d.peer != c->peer->addr) {
+        MYCEL_LOG_DEBUG(kLog, "{} names itself {}", c->peer->addr, d.peer);
+      }
+      Status st = make_ep(c, d.worker_addr);
+      if (!st.is_ok()) {
+        fail_conn(c, st);
+        continue;
+      }
+      c->recv_tag = d.recv_tag;
+      c->send_tag = d.send_tag;
+      tag_conn_[c->recv_tag] = c;
+      auto q = std::move(c->queued);
+      c->queued.clear();
+      for (SendOp* op : q) {
+        op->hdr.tag = c->send_tag;
+        (void)launch(op);  // an error completes it (an event for data frames)
+      }
+      continue;
+    }
+    // Incoming: the peer proved the key and named itself; our endpoint to it.
+    if (closed_ || tag_conn_.count(d.recv_tag) != 0) continue;
+    auto c = std::make_unique<Conn>();
+    c->id = next_conn_id_++;
+    c->t = this;
+    Peer* p = peer_for(d.peer);
+    c->peer = p;
+    c->recv_tag = d.recv_tag;
+    c->send_tag = d.send_tag;
+    Conn* raw = c.get();
+    Status st = make_ep(raw, d.worker_addr);
+    if (!st.is_ok()) {
+      uint64_t sup = 0;
+      if (warn_ok("accept-ep", &sup)) {
+        MYCEL_LOG_WARN(kLog, "cannot accept a connection from {}: {}", d.peer, st.to_string());
+      }
+      continue;
+    }
+    conns_[raw->id] = std::move(c);
+    tag_conn_[raw->recv_tag] = raw;
+    if (p->conn == nullptr || p->conn->failed) {
+      p->conn = raw;  // sends to p go on this connection (no second one is dialled)
+      p->had_conn = true;
+      p->backoff_s = 0;
+      p->retry_at = 0;
+    }
+    auto hello = post(raw, MsgType::kHello, 0, {}, 0, opt_.connect_timeout_s);
+    if (!hello.is_ok()) fail_conn(raw, hello.status());
+  }
 }
 
 Result<Conn*> UcxTransport::ready_conn(const Address& peer, size_t bytes) {
@@ -144,31 +221,6 @@ Result<Conn*> UcxTransport::ready_conn(const Address& peer, size_t bytes) {
 }
 
 void UcxTransport::handle_deferred() {
-  auto reqs = std::move(conn_reqs_);
-  conn_reqs_.clear();
-  for (ucp_conn_request_h req : reqs) {
-    if (closed_) {
-      ucp_listener_reject(listener_, req);
-      continue;
-    }
-    auto c = std::make_unique<Conn>();
-    c->id = next_conn_id_++;
-    c->t = this;
-    ucp_ep_params_t ep{};
-    ep.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep.conn_request = req;
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-    ep.err_handler.cb = ep_error_cb;
-    ep.err_handler.arg = c.get();
-    ucs_status_t s = ucp_ep_create(worker_, &ep, &c->ep);
-    if (s != UCS_OK) {
-      MYCEL_LOG_WARN(kLog, "cannot accept a connection: {}", ucs_status_string(s));
-      continue;
-    }
-    ep_conn_[c->ep] = c.get();
-    conns_[c->id] = std::move(c);
-  }
   auto fails = std::move(deferred_fail_);
   deferred_fail_.clear();
   for (auto& [id, why] : fails) {
@@ -235,6 +287,17 @@ void UcxTransport::fail_conn(Conn* c, Status why, bool graceful) {
       }
     }
   }
+  if (c->boot_id != 0) {
+    boot_->cancel(c->boot_id);
+    boot_conn_.erase(c->boot_id);
+    c->boot_id = 0;
+  }
+  if (!c->queued.empty()) {
+    // Sends that waited for the handshake: they fail now (events for data frames).
+    auto q = std::move(c->queued);
+    c->queued.clear();
+    for (SendOp* op : q) on_send_done(op, UCS_ERR_CANCELED);
+  }
   if (c->ep != nullptr) {
     ep_conn_.erase(c->ep);
     if (graceful && c->up) {
@@ -260,7 +323,13 @@ void UcxTransport::force_close(Conn* c) {
   // Slots still being received keep their buffers: UCP writes into them until their receive
   // completes (with an error, after the forced close); on_recv_done erases them then.
   for (auto it = c->reorder.begin(); it != c->reorder.end();) {
-    it = it->second.done ? c->reorder.erase(it) : std::next(it);
+    if (it->second.done) {
+      auto next = std::next(it);
+      erase_slot(c, it);
+      it = next;
+    } else {
+      ++it;
+    }
   }
 }
 
@@ -295,6 +364,7 @@ void UcxTransport::gc() {
     }
     if (c->failed && c->ep == nullptr && c->close_req == nullptr && c->pending_ops == 0) {
       drop_unconfirmed(c, now_s());
+      if (c->recv_tag != 0) tag_conn_.erase(c->recv_tag);
       it = conns_.erase(it);
     } else {
       ++it;
@@ -334,10 +404,7 @@ void UcxTransport::close() {
   for (auto& [id, c] : conns_) {
     if (!c->failed) fail_conn(c.get(), Status(Code::kCancelled, "transport closed"), true);
   }
-  if (listener_ != nullptr) {
-    ucp_listener_destroy(listener_);
-    listener_ = nullptr;
-  }
+  if (boot_ != nullptr) boot_->close();
   closed_ = true;
   // Progress the closes for a moment, so the peers learn of it now rather than when this
   // transport is next polled (if ever); whatever is left finishes in later polls or the

@@ -191,7 +191,7 @@ void UcxTransport::advance_staging() {
         (void)post(op->conn, MsgType::kSkip, op->hdr.seq, {}, 0, opt_.send_timeout_s);
       }
       on_send_done(op, UCS_ERR_IO_ERROR);
-    } else if (op->conn->failed || op->conn->ep == nullptr) {
+    } else if (op->conn->failed || (op->conn->ep == nullptr && op->conn->boot_id == 0)) {
       on_send_done(op, UCS_ERR_CANCELED);
     } else {
       Peer* p = op->peer;

@@ -72,10 +72,6 @@ Status UcxTransport::init(std::string_view listen) {
   uint16_t port = 0;
   MYCEL_CHECK(parse_ucx_address(listen, &host, &port));
 
-  // A peer restarted after a crash listens on its old port at once, even while the connections
-  // its peers had to it are still closing (else "Device is busy" for a minute). A component
-  // setting of UCT's tcp connection manager, read from the environment; the caller's wins.
-  setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
   ucp_config_t* cfg = nullptr;
   ucs_status_t s = ucp_config_read(nullptr, nullptr, &cfg);
   if (s != UCS_OK) return ucs_error(Code::kUnavailable, "ucp_config_read", s);
@@ -123,30 +119,46 @@ Status UcxTransport::init(std::string_view listen) {
   s = ucp_worker_set_am_recv_handler(worker_, &ap);
   if (s != UCS_OK) return ucs_error(Code::kUnavailable, "ucp_worker_set_am_recv_handler", s);
 
+  // Our worker address: handed only to peers that finished the authenticated handshake.
+  ucp_address_t* wa = nullptr;
+  size_t wa_len = 0;
+  s = ucp_worker_get_address(worker_, &wa, &wa_len);
+  if (s != UCS_OK) return ucs_error(Code::kUnavailable, "ucp_worker_get_address", s);
+  worker_addr_.assign(reinterpret_cast<const uint8_t*>(wa),
+                      reinterpret_cast<const uint8_t*>(wa) + wa_len);
+  ucp_worker_release_address(worker_, wa);
+
+  // The listen port is the bootstrap's (bootstrap.h): no UCX listener is exposed.
+  BootstrapConfig bc;
+  if (!opt_.key_file.empty()) {
+    MYCEL_ASSIGN_OR_RETURN(bc.keys, read_key_file(opt_.key_file));
+  }
+  bc.handshake_timeout_s = opt_.handshake_timeout_s;
+  bc.max_pending = opt_.max_pending_handshakes;
+  bc.max_pending_per_source = opt_.max_handshakes_per_source;
+  bc.max_connections = opt_.max_connections;
+  bc.check_source_host = opt_.check_source_host;
+  bc.log_interval_s = opt_.log_interval_s;
+  boot_ = std::make_unique<Bootstrap>(std::move(bc));
   sockaddr_storage sa{};
   socklen_t salen = 0;
   MYCEL_CHECK(resolve(host, port, &sa, &salen));
-  ucp_listener_params_t lp{};
-  lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
-  lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
-  lp.sockaddr.addrlen = salen;
-  lp.conn_handler.cb = conn_request_cb;
-  lp.conn_handler.arg = this;
-  s = ucp_listener_create(worker_, &lp, &listener_);
-  if (s != UCS_OK) {
-    return ucs_error(Code::kUnavailable, "cannot listen at " + std::string(listen), s);
+  uint16_t real_port = 0;
+  Status ls = boot_->listen(sa, salen, &real_port);
+  if (!ls.is_ok()) {
+    return Status(ls.code(), "cannot listen at " + std::string(listen) + ": " + ls.message());
   }
-  ucp_listener_attr_t la{};
-  la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
-  s = ucp_listener_query(listener_, &la);
-  if (s != UCS_OK) return ucs_error(Code::kInternal, "ucp_listener_query", s);
-  uint16_t real_port = la.sockaddr.ss_family == AF_INET6
-                           ? ntohs(reinterpret_cast<sockaddr_in6*>(&la.sockaddr)->sin6_port)
-                           : ntohs(reinterpret_cast<sockaddr_in*>(&la.sockaddr)->sin_port);
   std::string shown = host;
   if (host == "0.0.0.0" || host == "::" || host == "*") shown = outward_host();
   if (shown.find(':') != std::string::npos) shown = "[" + shown + "]";
   local_ = "ucx://" + shown + ":" + std::to_string(real_port);
+  boot_->set_identity(local_, worker_addr_);
+  if (opt_.key_file.empty()) {
+    MYCEL_LOG_WARN(kLog,
+                   "{}: no swarm key (transport key_file): unauthenticated mode, any process "
+                   "that can reach this port can join; use it on loopback only",
+                   local_);
+  }
   MYCEL_LOG_DEBUG(kLog, "ucx transport listening at {}", local_);
   return Ok();
 }
@@ -208,11 +220,18 @@ void UcxTransport::progress() {
   for (;;) {
     while (ucp_worker_progress(worker_) != 0) {
     }
-    if (conn_reqs_.empty() && deferred_fail_.empty() && pongs_.empty() && pings_.empty() &&
-        to_close_.empty()) {
+    if (deferred_fail_.empty() && pongs_.empty() && pings_.empty() && to_close_.empty()) {
       break;
     }
     handle_deferred();
+  }
+  if (boot_ != nullptr) {
+    handle_bootstrap(now_s());
+    while (ucp_worker_progress(worker_) != 0) {
+    }
+    if (!deferred_fail_.empty() || !pongs_.empty() || !pings_.empty() || !to_close_.empty()) {
+      handle_deferred();
+    }
   }
   advance_staging();
   send_flushes(now_s());
@@ -237,6 +256,7 @@ std::vector<Event> UcxTransport::poll(double timeout_s, size_t max) {
     }
     double wait = deadline - now;
     if (!deadlines_.empty()) wait = std::min(wait, deadlines_.begin()->first - now);
+    if (boot_ != nullptr) wait = std::min(wait, boot_->next_deadline() - now);
     // With requests in flight, wake at least every busy_wait_s(): UCX 1.13's tcp transport does
     // not always signal the event fd when a queued rendezvous step becomes ready (observed:
     // both sides asleep with a transfer pending), so a transfer never waits on a lost wakeup.
@@ -244,8 +264,11 @@ std::vector<Event> UcxTransport::poll(double timeout_s, size_t max) {
     if (!live_sends_.empty() || pending_recvs() > 0) wait = std::min(wait, busy_wait_s());
     if (wait <= 0) continue;
     int ms = int(std::ceil(std::max(0.0, wait) * 1000));
-    pollfd pfd{efd_, POLLIN, 0};
-    ::poll(&pfd, 1, ms);  // EINTR or timeout: the loop re-checks
+    // The worker's event fd and the bootstrap's sockets (listener, handshakes in progress).
+    pfds_.clear();
+    pfds_.push_back({efd_, POLLIN, 0});
+    if (boot_ != nullptr) boot_->add_pollfds(&pfds_, now);
+    ::poll(pfds_.data(), nfds_t(pfds_.size()), ms);  // EINTR or timeout: the loop re-checks
   }
   while (!events_.empty() && out.size() < max) {
     out.push_back(std::move(events_.front()));
@@ -262,6 +285,34 @@ std::vector<PeerStats> UcxTransport::stats() const {
     p->link.report(&out.back(), now);
   }
   return out;
+}
+
+TrustStats UcxTransport::trust_stats() const {
+  TrustStats t;
+  if (boot_ != nullptr) {
+    const BootstrapStats& b = boot_->stats();
+    t.accepted = b.accepted;
+    t.completed_in = b.completed_in;
+    t.completed_out = b.completed_out;
+    t.failed_out = b.failed_out;
+    t.refused_pending = b.refused_pending;
+    t.refused_source = b.refused_source;
+    t.refused_connections = b.refused_connections;
+    t.accept_backoffs = b.accept_backoffs;
+    t.timeouts = b.timeouts;
+    t.bad_messages = b.bad_messages;
+    t.truncated = b.truncated;
+    t.auth_failures = b.auth_failures;
+    t.unknown_keys = b.unknown_keys;
+    t.bad_source = b.bad_source;
+    t.pending_handshakes = boot_->pending();
+  }
+  t.unknown_tag = unknown_tag_;
+  t.bad_headers = bad_headers_;
+  t.reorder_overflows = reorder_overflows_;
+  t.connections = conns_.size();
+  t.authenticated = !opt_.key_file.empty();
+  return t;
 }
 
 Result<std::string> UcxTransport::describe(const Address& peer) {
@@ -319,6 +370,12 @@ Status ucx_set_buffer_reuse(Transport& t, bool return_sent, size_t pool_bytes) {
 
 void ucx_recycle_buffer(Transport& t, std::vector<uint8_t>&& bytes) {
   if (auto* u = dynamic_cast<UcxTransport*>(&t)) u->recycle(std::move(bytes));
+}
+
+Result<TrustStats> ucx_trust_stats(const Transport& t) {
+  auto* u = dynamic_cast<const UcxTransport*>(&t);
+  if (u == nullptr) return Status(Code::kInvalidArgument, "not a ucx transport");
+  return u->trust_stats();
 }
 
 Result<std::string> ucx_describe_endpoint(Transport& t, const Address& peer) {

@@ -43,6 +43,23 @@ void ucx_recycle_buffer(Transport& t, std::vector<uint8_t>&& bytes);
 // devices. Benchmarks pass them to ucx_perftest so that both run with the same settings.
 std::vector<std::pair<std::string, std::string>> ucx_config_defaults();
 
+// What the trust guards of a ucx transport have counted (docs/security.md): the bootstrap's
+// handshakes (accepted, completed, dropped by cause) and the UCX messages refused after it.
+struct TrustStats {
+  uint64_t accepted = 0, completed_in = 0, completed_out = 0, failed_out = 0;
+  uint64_t refused_pending = 0, refused_source = 0, refused_connections = 0;
+  uint64_t accept_backoffs = 0, timeouts = 0, bad_messages = 0, truncated = 0;
+  uint64_t auth_failures = 0, unknown_keys = 0, bad_source = 0;
+  uint64_t unknown_tag = 0;         // UCX messages whose session tag names no connection
+  uint64_t bad_headers = 0;         // UCX messages with a bad transport header
+  uint64_t reorder_overflows = 0;   // connections closed for holding too much out of order
+  size_t pending_handshakes = 0;
+  size_t connections = 0;
+  bool authenticated = false;       // a key file was given
+};
+// kInvalidArgument when t is not a ucx transport.
+Result<TrustStats> ucx_trust_stats(const Transport& t);
+
 // Splits "ucx://host:port" into host and port; kInvalidArgument on anything else.
 Status parse_ucx_address(std::string_view addr, std::string* host, uint16_t* port);
 

@@ -42,6 +42,7 @@ SendOp* UcxTransport::new_op(Conn* c, MsgType type, uint64_t seq, uint64_t stamp
   op->hdr.type = uint8_t(type);
   op->hdr.seq = seq;
   op->hdr.stamp = stamp;
+  op->hdr.tag = c->send_tag;  // 0 while the handshake runs: set when the op is launched
   op->start = now_s();
   op->deadline = op->start + timeout_s;
   return op;
@@ -65,12 +66,20 @@ void UcxTransport::untrack(SendOp* op) {
 }
 
 Result<uint64_t> UcxTransport::launch(SendOp* op) {
+  if (op->conn->ep == nullptr && op->conn->boot_id != 0 && !op->conn->failed) {
+    op->conn->queued.push_back(op);  // the handshake is not finished: launched after it
+    return op->token;
+  }
+  if (op->conn->ep == nullptr) {
+    // The connection closed under a staged send: it completes as failed.
+    uint64_t token = op->token;
+    on_send_done(op, UCS_ERR_CANCELED);
+    return token;
+  }
   ucp_request_param_t rp{};
-  rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                    UCP_OP_ATTR_FIELD_FLAGS;
+  rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   rp.cb.send = send_cb;
   rp.user_data = op;
-  rp.flags = UCP_AM_SEND_FLAG_REPLY;  // the receiver learns which endpoint it came on
   if (op->memh != nullptr) {
     rp.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
     rp.memh = op->memh;
@@ -243,19 +252,44 @@ void UcxTransport::drop_unconfirmed(Conn* c, double now) {
 
 ucs_status_t UcxTransport::on_am(const void* header, size_t header_length, void* data,
                                  size_t length, const ucp_am_recv_param_t* param) {
-  Conn* c = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? conn_by_ep(param->reply_ep)
-                                                                  : nullptr;
-  if (c == nullptr || c->failed) return UCS_OK;  // unknown or closing endpoint: drop
+  (void)param;
+  // The connection is the one the header's session tag names (bootstrap.h), never what the
+  // message or UCX's endpoint claims: a message with no such tag is dropped (its rendezvous
+  // data with it: returning UCS_OK without receiving discards it) and counted.
   WireHeader h;
+  uint64_t sup = 0;
   if (header_length != sizeof h) {
-    deferred_fail_.push_back({c->id, Status(Code::kCorrupt, "bad transport header length")});
+    bad_headers_++;
+    if (warn_ok("bad-header", &sup)) {
+      MYCEL_LOG_WARN(kLog, "dropped a message with a {}-byte transport header ({} not logged)",
+                     header_length, sup);
+    }
     return UCS_OK;
   }
   std::memcpy(&h, header, sizeof h);
   if (h.magic != kWireMagic || h.version != kWireVersion) {
-    deferred_fail_.push_back({c->id, Status(Code::kCorrupt, "bad transport header magic")});
+    bad_headers_++;
+    if (warn_ok("bad-header", &sup)) {
+      MYCEL_LOG_WARN(kLog,
+                     "dropped a message with transport magic {:#x} version {} (this build: "
+                     "version {}) ({} not logged)",
+                     h.magic, h.version, kWireVersion, sup);
+    }
     return UCS_OK;
   }
+  auto ti = tag_conn_.find(h.tag);
+  if (ti == tag_conn_.end()) {
+    unknown_tag_++;
+    if (warn_ok("unknown-tag", &sup)) {
+      MYCEL_LOG_WARN(kLog,
+                     "dropped a message of no authenticated connection (unknown session tag; "
+                     "{} not logged)",
+                     sup);
+    }
+    return UCS_OK;
+  }
+  Conn* c = ti->second;
+  if (c->failed) return UCS_OK;  // closing: drop
   const bool rndv = param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV;
   auto type = MsgType(h.type);
   if (type == MsgType::kPing) {
@@ -296,6 +330,22 @@ ucs_status_t UcxTransport::on_am(const void* header, size_t header_length, void*
     deferred_fail_.push_back({c->id, Status(Code::kCorrupt, "bad transport sequence")});
     return UCS_OK;
   }
+  // Bounded: a peer that keeps a sequence number missing cannot make us hold its later
+  // messages without limit (issue 15: 150,000 messages skipping seq 1 held 1 GiB).
+  if (c->reorder.size() >= opt_.max_reorder_frames ||
+      c->reorder_bytes + length > opt_.max_reorder_bytes) {
+    reorder_overflows_++;
+    if (c->peer != nullptr) c->peer->st.reorder_overflows++;
+    if (warn_ok("reorder", &sup)) {
+      MYCEL_LOG_WARN(kLog,
+                     "closing the connection from {}: {} messages ({} bytes) wait for sequence "
+                     "number {} (max_reorder_frames {}, max_reorder_bytes {}; {} not logged)",
+                     c->peer ? c->peer->addr : "?", c->reorder.size(), c->reorder_bytes,
+                     c->recv_next, opt_.max_reorder_frames, opt_.max_reorder_bytes, sup);
+    }
+    deferred_fail_.push_back({c->id, Status(Code::kNoResource, "reorder buffer full")});
+    return UCS_OK;
+  }
   RecvSlot& slot = c->reorder[h.seq];
   slot.type = type;
   if (type == MsgType::kSkip) {  // the sender could not produce this frame: consume its seq
@@ -312,8 +362,11 @@ ucs_status_t UcxTransport::on_am(const void* header, size_t header_length, void*
     } else {
       rejected_unknown_++;
     }
-    MYCEL_LOG_WARN(kLog, "refused a frame of {} bytes from {} (max_frame_bytes {})", length,
-                   c->peer ? c->peer->addr : std::string("an unnamed peer"), limit);
+    if (warn_ok("too-large", &sup)) {
+      MYCEL_LOG_WARN(kLog, "refused a frame of {} bytes from {} (max_frame_bytes {}; {} not logged)",
+                     length, c->peer ? c->peer->addr : std::string("an unnamed peer"), limit,
+                     sup);
+    }
     deliver(c);
     return UCS_OK;
   }
@@ -326,6 +379,8 @@ ucs_status_t UcxTransport::on_am(const void* header, size_t header_length, void*
     }
   }
   slot.bytes.resize(length);
+  slot.len = length;
+  c->reorder_bytes += length;
   if (!rndv) {
     if (length > 0) std::memcpy(slot.bytes.data(), data, length);
     slot.done = true;
@@ -354,7 +409,7 @@ void UcxTransport::on_recv_done(RecvOp* op, ucs_status_t s) {
   if (it != c->reorder.end()) {
     it->second.done = true;
     if (c->failed) {
-      c->reorder.erase(it);
+      erase_slot(c, it);
     } else if (s != UCS_OK) {
       it->second.drop = true;
       it->second.bytes = {};
@@ -372,30 +427,18 @@ void UcxTransport::deliver(Conn* c) {
     auto it = c->reorder.begin();
     if (it->first != c->recv_next || !it->second.done) return;
     RecvSlot slot = std::move(it->second);
-    c->reorder.erase(it);
+    erase_slot(c, it);
     c->recv_next++;
     if (slot.drop) continue;
     if (slot.type == MsgType::kHello) {
-      Address from(slot.bytes.begin(), slot.bytes.end());
-      std::string host;
-      uint16_t port = 0;
-      if (!parse_ucx_address(from, &host, &port).is_ok()) {
-        deferred_fail_.push_back({c->id, Status(Code::kCorrupt, "bad hello address")});
-        return;
-      }
-      Peer* p = peer_for(from);
-      c->peer = p;
+      // The peer is known from the handshake (the tag named this connection): the hello only
+      // consumes seq 0. An incoming connection is up once the peer's hello is here.
       c->up = true;
+      Peer* p = c->peer;
       p->st.rejected_frames += rejected_unknown_;
       rejected_unknown_ = 0;
-      if (p->conn == nullptr || p->conn->failed) {
-        // Reply on the endpoint the peer opened rather than opening a second one.
-        p->conn = c;
-        p->had_conn = true;
-        p->backoff_s = 0;
-        p->retry_at = 0;
-      }
-      if (!p->st.connected) {
+      if (p->conn == nullptr || p->conn->failed) p->conn = c;
+      if (p->conn == c && !p->st.connected) {
         p->st.connected = true;
         push(Event{EventKind::kPeerUp, p->addr, 0, Ok(), {}});
       }
