@@ -179,6 +179,12 @@ Result<Network> Network::build(const NetworkSpec& spec, size_t peers, double hor
       return Error(Code::kInvalidArgument, "churn.on_s and churn.off_s must be > 0 (mean session lengths)");
     const double p_on = spec.churn_on_s / (spec.churn_on_s + spec.churn_off_s);
     for (size_t p = 0; p < peers; ++p) {
+      if (static_cast<int>(p) == server) {  // FedAvg's server does not churn
+        n.on_.push_back(0);
+        n.off_.push_back(kInf);
+        n.first_[p + 1] = static_cast<uint32_t>(n.on_.size());
+        continue;
+      }
       uint64_t s = mix(seed ^ 0x22ull, p);
       bool on = draw_uniform(s) < p_on;
       double t = 0;
@@ -246,6 +252,12 @@ Result<Network> Network::build(const NetworkSpec& spec, size_t peers, double hor
     s = r.state();
   }
   for (size_t p = 0; p < peers; ++p) {
+    if (static_cast<int>(p) == server) {  // FedAvg's server does not churn
+      n.on_.push_back(0);
+      n.off_.push_back(kInf);
+      n.first_[p + 1] = static_cast<uint32_t>(n.on_.size());
+      continue;
+    }
     const User& u = users[order[p % order.size()]];
     bool on = u.on;
     double t = 0;

@@ -66,6 +66,7 @@ struct NetworkSpec {
 class Network {
  public:
   // Draws every peer's bandwidths and sessions for [0, horizon_s]. Errors name the config key.
+  // `server` (FedAvg's peer 0; -1 for none) gets network.server_link and never churns.
   static Result<Network> build(const NetworkSpec& spec, size_t peers, double horizon_s, uint64_t seed,
                                int server = -1);
 

@@ -679,8 +679,9 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
   auto evaluate_now = [&](double t) -> Status {
     const auto t0 = Clock::now();
     std::vector<uint32_t> online;
+    // Online by the network's schedule (a peer that has not started yet holds the initial model).
     for (size_t p = 0; p < N; ++p)
-      if (sh->peers[p].online && sh->peers[p].started) online.push_back(static_cast<uint32_t>(p));
+      if (sh->net.online(p, t)) online.push_back(static_cast<uint32_t>(p));
     std::vector<uint32_t> sample = online;
     const size_t k = cfg.sim.eval_peers;
     if (k > 0 && sample.size() > k) {
