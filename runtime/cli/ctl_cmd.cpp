@@ -42,6 +42,10 @@ int run_ctl(const CtlOpts& o) {
     }
     token = *t;
   }
+  if (o.command == "targets") {  // the Prometheus file_sd list (docs/control.md)
+    std::fputs(control::file_sd_targets(o.target).c_str(), stdout);
+    return 0;
+  }
   auto eps = control::find_endpoints(o.target, token);
   if (!eps) {
     std::fprintf(stderr, "mycel ctl: %s\n", eps.status().message().c_str());
@@ -156,7 +160,7 @@ int run_ctl(const CtlOpts& o) {
       }
     } while (o.follow && !g_ctl_stop);
   } else {
-    std::fprintf(stderr, "mycel ctl: unknown command '%s' (status, get, set, stop, checkpoint, events)\n", c.c_str());
+    std::fprintf(stderr, "mycel ctl: unknown command '%s' (status, get, set, stop, checkpoint, events, targets)\n", c.c_str());
     return 2;
   }
   return failures ? 1 : 0;
@@ -169,7 +173,7 @@ void add_ctl_command(CLI::App& app, Common&) {
   auto* ctl = app.add_subcommand("ctl", "talk to running peers' control endpoints: status, get, set KEY=VALUE ..., "
                                         "stop, checkpoint, events (docs/control.md)");
   ctl->add_option("target", o->target, "a run folder (every peer's control-ID.json) or a peer's HOST:PORT")->required();
-  ctl->add_option("command", o->command, "status | get [KEY...] | set KEY=VALUE ... | stop | checkpoint | events")
+  ctl->add_option("command", o->command, "status | get [KEY...] | set KEY=VALUE ... | stop | checkpoint | events | targets")
       ->required();
   ctl->add_option("args", o->args, "keys (get) or KEY=VALUE changes (set)");
   ctl->add_option("--peer", o->peers, "only these peers of the run (ids, comma separated)");

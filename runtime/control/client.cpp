@@ -84,6 +84,20 @@ Result<std::vector<Endpoint>> find_endpoints(const std::string& target, const st
   return out;
 }
 
+std::string file_sd_targets(const std::string& run_dir) {
+  json targets = json::array();
+  if (auto eps = find_endpoints(run_dir); eps) {
+    const std::string run = fs::path(run_dir).filename().empty() ? fs::path(run_dir).parent_path().filename().string()
+                                                                  : fs::path(run_dir).filename().string();
+    for (const auto& e : *eps) {
+      std::string host = e.host.find(':') != std::string::npos ? "[" + e.host + "]" : e.host;
+      targets.push_back({{"targets", {host + ":" + std::to_string(e.port)}},
+                         {"labels", {{"mycel_peer", std::to_string(e.peer)}, {"mycel_run", run}}}});
+    }
+  }
+  return targets.dump(2) + "\n";
+}
+
 std::string Reply::why() const {
   if (status == 0) return error.empty() ? "no answer" : error;
   json j = json::parse(body, nullptr, false);

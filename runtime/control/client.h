@@ -23,6 +23,10 @@ struct Endpoint {
 // every endpoint. An empty run folder is an error naming it.
 Result<std::vector<Endpoint>> find_endpoints(const std::string& target, const std::string& token_override = "");
 
+// The Prometheus file_sd target list of a run folder, as JSON text: one entry per control-ID.json,
+// labelled mycel_peer="ID" and mycel_run="FOLDER NAME" ("[]" when there is none yet).
+std::string file_sd_targets(const std::string& run_dir);
+
 struct Reply {
   int status = 0;         // the HTTP status; 0 when no answer came (error says why)
   std::string body;

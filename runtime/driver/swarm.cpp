@@ -26,6 +26,7 @@
 
 #include "common/log.h"
 #include "models/data/cache.h"
+#include "runtime/control/client.h"
 #include "runtime/control/server.h"
 
 namespace mycel::runtime {
@@ -138,26 +139,10 @@ uint64_t count(const json& j, const char* key) {
   return d > 0 ? static_cast<uint64_t>(d) : 0;
 }
 
-// The Prometheus file_sd target list of a run: one target per control-ID.json found, with
-// the peer's id as a label (docs/control.md). Rewritten only when it changes.
+// The Prometheus file_sd target list of the run (control::file_sd_targets), rewritten when
+// it changes.
 void write_prometheus_targets(const std::string& run_dir, std::string* last) {
-  json targets = json::array();
-  std::error_code ec;
-  std::vector<std::pair<int, json>> found;
-  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (!n.starts_with("control-") || !n.ends_with(".json")) continue;
-    auto j = read_peer_json(e.path().string());
-    if (!j || !j->contains("url") || !(*j)["url"].is_string()) continue;
-    std::string url = (*j)["url"].get<std::string>();
-    if (url.starts_with("http://")) url = url.substr(7);
-    found.emplace_back(static_cast<int>(count(*j, "peer")), json{{"targets", {url}},
-                                                                 {"labels", {{"mycel_peer", std::to_string(count(*j, "peer"))},
-                                                                             {"mycel_run", fs::path(run_dir).filename().string()}}}});
-  }
-  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (auto& [id, t] : found) targets.push_back(std::move(t));
-  std::string text = targets.dump(2) + "\n";
+  std::string text = control::file_sd_targets(run_dir);
   if (text == *last) return;
   const std::string path = run_dir + "/prometheus-targets.json", tmp = path + ".tmp";
   std::ofstream(tmp) << text;
