@@ -76,7 +76,9 @@ TEST(MetricTable, CsvJsonAndPrometheusAgreeOnEveryMetric) {
     EXPECT_EQ(p.help.count(prom) ? p.help.at(prom) : 0, 1) << prom;
     ASSERT_EQ(p.type_count.count(prom) ? p.type_count.at(prom) : 0, 1) << prom;
     EXPECT_EQ(p.type.at(prom), m.kind == MetricKind::kInfo ? "gauge" : std::string(metric_kind_name(m.kind))) << prom;
-    if (m.kind == MetricKind::kCounter) EXPECT_TRUE(prom.ends_with("_total")) << prom;
+    if (m.kind == MetricKind::kCounter) {
+      EXPECT_TRUE(prom.ends_with("_total")) << prom;
+    }
     if (m.scope == MetricScope::kPeer && m.kind != MetricKind::kInfo && m.kind != MetricKind::kHistogram) {
       const Num v = m.peer_value(s);
       const std::string key = prom + "{" + pl + "}";
@@ -85,11 +87,15 @@ TEST(MetricTable, CsvJsonAndPrometheusAgreeOnEveryMetric) {
       if (v.is_int) {
         EXPECT_EQ(p.samples.at(key), std::to_string(v.u)) << key;
         EXPECT_EQ(j[std::string(m.name)].get<uint64_t>(), v.u) << m.name;
-        if (!m.csv.empty()) EXPECT_EQ(csv.at(std::string(m.csv)), std::to_string(v.u)) << m.csv;
+        if (!m.csv.empty()) {
+          EXPECT_EQ(csv.at(std::string(m.csv)), std::to_string(v.u)) << m.csv;
+        }
       } else {
         EXPECT_DOUBLE_EQ(std::stod(p.samples.at(key)), v.d) << key;
         EXPECT_DOUBLE_EQ(j[std::string(m.name)].get<double>(), v.d) << m.name;
-        if (!m.csv.empty()) EXPECT_NEAR(std::stod(csv.at(std::string(m.csv))), v.d, std::pow(10.0, -m.decimals)) << m.csv;
+        if (!m.csv.empty()) {
+          EXPECT_NEAR(std::stod(csv.at(std::string(m.csv))), v.d, std::pow(10.0, -m.decimals)) << m.csv;
+        }
       }
       ++checked;
     }
@@ -99,7 +105,9 @@ TEST(MetricTable, CsvJsonAndPrometheusAgreeOnEveryMetric) {
       EXPECT_TRUE(p.samples.count(prom + "{" + pl + "," + std::string(m.info_label) + "=\"" + prom_escape_label(text) +
                                   "\"}"))
           << prom;
-      if (!m.csv.empty()) EXPECT_EQ(csv.at(std::string(m.csv)), text);
+      if (!m.csv.empty()) {
+        EXPECT_EQ(csv.at(std::string(m.csv)), text);
+      }
     }
     if (m.scope == MetricScope::kLink) {
       for (size_t i = 0; i < s.links.size(); ++i) {
@@ -108,7 +116,9 @@ TEST(MetricTable, CsvJsonAndPrometheusAgreeOnEveryMetric) {
         ASSERT_TRUE(p.samples.count(key)) << key;
         EXPECT_DOUBLE_EQ(std::stod(p.samples.at(key)), v.as_double()) << key;
         EXPECT_EQ(j["links"][i]["peer"].get<std::string>(), s.links[i].peer);
-        if (m.name != "connected") EXPECT_DOUBLE_EQ(j["links"][i][std::string(m.name)].get<double>(), v.as_double());
+        if (m.name != "connected") {
+          EXPECT_DOUBLE_EQ(j["links"][i][std::string(m.name)].get<double>(), v.as_double());
+        }
         ++checked;
       }
     }
