@@ -68,14 +68,6 @@ Result<std::vector<int>> pick_ports(const std::string& host, int n, int base) {
   return ports;
 }
 
-std::string last_line(const std::string& path) {
-  std::ifstream f(path);
-  std::string line, last;
-  while (std::getline(f, line))
-    if (!line.empty()) last = line;
-  return last;
-}
-
 // The header and the last row of a peer's CSV, as name -> field (the columns come from the
 // metric table, runtime/control/metrics.h; they are looked up by name, not by position).
 std::map<std::string, std::string> last_csv_row(const std::string& path) {
