@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -306,6 +307,59 @@ TEST(ControlServerOptions, FromConfigAndNonLoopbackReadsNeedTheToken) {
   EXPECT_TRUE(is_loopback_host("::1"));
   EXPECT_FALSE(is_loopback_host("0.0.0.0"));
   EXPECT_FALSE(is_loopback_host("10.0.0.1"));
+}
+
+}  // namespace
+}  // namespace mycel::control
+
+namespace mycel::control {
+namespace {
+
+// Junk: random bodies to PUT /params (each a 400, nothing applied) and random bytes straight
+// onto the socket; the endpoint answers correctly afterwards. Fixed seed.
+TEST_F(ControlServerTest, RandomBodiesAndRawJunkChangeNothing) {
+  start();
+  std::mt19937 rng(1234);
+  const std::string alphabet = "{}[]\":,.0123456789eE+-truefalsnl \\codec.spec protocol.period_s\x01\xff";
+  for (int i = 0; i < 300; ++i) {
+    std::string body;
+    const size_t n = rng() % 64;
+    for (size_t k = 0; k < n; ++k)
+      body += (i % 2) ? static_cast<char>(rng() & 0xff) : alphabet[rng() % alphabet.size()];
+    auto r = request(ep, "PUT", "/params", body);
+    ASSERT_EQ(r.status, 400) << "body #" << i << ": " << r.body;
+  }
+  EXPECT_EQ(store.version(), 1u);
+  for (int i = 0; i < 20; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(srv->port()));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    std::string junk;
+    for (int k = 0; k < 512; ++k) junk += static_cast<char>(rng() & 0xff);
+    if (i % 3 == 0) junk = "PUT /params HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n" + junk;
+    ssize_t w = write(fd, junk.data(), junk.size());
+    (void)w;
+    close(fd);
+  }
+  auto r = request(ep, "PUT", "/params", R"({"train.lr": 0.01})");
+  EXPECT_EQ(r.status, 200) << r.why();
+  EXPECT_EQ(store.version(), 2u);
+}
+
+// Not a benchmark with a peer behind it: how many sequential GET /metrics one client gets
+// from this endpoint (printed, not asserted).
+TEST_F(ControlServerTest, SequentialRequestRatePrinted) {
+  start();
+  const int n = 300;
+  auto t0 = Clock::now();
+  int ok = 0;
+  for (int i = 0; i < n; ++i) ok += request(anon, "GET", "/metrics").status == 200;
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_EQ(ok, n);
+  std::printf("%d GET /metrics (new connection each) in %.3f s: %.0f requests/s\n", n, s, n / s);
 }
 
 }  // namespace
