@@ -630,11 +630,10 @@ Result<std::pair<std::string, int>> parse_host_port(std::string_view text) {
 }
 
 std::vector<std::pair<std::string, std::string>> live_param_values(const RuntimeParams& p) {
-  auto num = [](double v) {
-    std::ostringstream os;
-    os.precision(17);
-    os << v;
-    return os.str();
+  auto num = [](double v) {  // the shortest text that reads back as v
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v);
+    return std::string(buf, r.ptr);
   };
   return {
       {"codec.spec", p.codec},
