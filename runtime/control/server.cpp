@@ -305,8 +305,42 @@ struct ControlServer::Impl {
       if (events) events->push("stop", "stop requested over the control endpoint");
       answer(res, 202, {{"stopping", true}});
     });
-    svr.Get("/events", [this](const httplib::Request& req, httplib::Response& res) {
+    // Server-sent events: GET /events/stream (or /events with Accept: text/event-stream), from
+    // after=SEQ (default: from now). One serving thread per stream, until the client goes or
+    // the server stops; an idle stream gets a comment line every second (a dead client shows).
+    auto stream = [this](const httplib::Request& req, httplib::Response& res) {
+      if (!events) return fail(res, 404, "this peer has no events");
+      uint64_t from = events->last_seq();
+      try {
+        if (req.has_param("after")) from = std::stoull(req.get_param_value("after"));
+      } catch (const std::exception&) {
+        return fail(res, 400, "after must be an integer");
+      }
+      auto next = std::make_shared<uint64_t>(from);
+      res.set_header("Cache-Control", "no-cache");
+      res.set_chunked_content_provider("text/event-stream", [this, next](size_t, httplib::DataSink& sink) {
+        if (stopping) return false;
+        uint64_t dropped = 0;
+        auto ev = events->since(*next, 1.0, &stopping, &dropped);
+        std::string out;
+        if (dropped) out += ": " + std::to_string(dropped) + " events dropped from the ring\n\n";
+        for (const auto& e : ev) {
+          json d = {{"seq", e.seq}, {"t", e.t}, {"kind", e.kind}, {"message", e.message}};
+          out += "id: " + std::to_string(e.seq) + "\nevent: " + e.kind + "\ndata: " + d.dump() + "\n\n";
+          *next = e.seq;
+        }
+        if (out.empty()) out = ": idle\n\n";
+        if (!sink.write(out.data(), out.size())) return false;
+        return !stopping.load();
+      });
+    };
+    svr.Get("/events/stream", [this, stream](const httplib::Request& req, httplib::Response& res) {
       if (!may_read(req, res)) return;
+      stream(req, res);
+    });
+    svr.Get("/events", [this, stream](const httplib::Request& req, httplib::Response& res) {
+      if (!may_read(req, res)) return;
+      if (req.get_header_value("Accept").find("text/event-stream") != std::string::npos) return stream(req, res);
       if (!events) return answer(res, 200, {{"events", json::array()}, {"next", 0}, {"dropped", 0}});
       uint64_t after = 0;
       double wait = 0;

@@ -11,6 +11,8 @@
 //   POST /checkpoint  501 until checkpoints exist (hooks.checkpoint empty)
 //   POST /stop        asks the loop to stop cleanly (202)
 //   GET  /events?after=SEQ&wait_s=W   long polling: events with seq > SEQ, waiting up to W s
+//   GET  /events/stream?after=SEQ     server-sent events (also /events with Accept:
+//                                     text/event-stream); holds one serving thread
 // Security: binds to loopback unless told otherwise; PUT/POST need "Authorization: Bearer
 // TOKEN"; off loopback every request does. Bodies over max_body_bytes get 413; more than
 // max_connections connections at once get 503; reads and writes time out after timeout_s.

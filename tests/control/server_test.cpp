@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <httplib.h>
+
 #include "runtime/control/client.h"
 #include "runtime/control/server.h"
 #include "tests/control/test_util.h"
@@ -360,6 +362,37 @@ TEST_F(ControlServerTest, SequentialRequestRatePrinted) {
   double s = std::chrono::duration<double>(Clock::now() - t0).count();
   EXPECT_EQ(ok, n);
   std::printf("%d GET /metrics (new connection each) in %.3f s: %.0f requests/s\n", n, s, n / s);
+}
+
+}  // namespace
+}  // namespace mycel::control
+
+namespace mycel::control {
+namespace {
+
+// Server-sent events: the stream delivers events pushed after it opened, as id/event/data.
+TEST_F(ControlServerTest, ServerSentEventsStreamPushedEvents) {
+  start();
+  events.push("old", "before the stream");  // not sent: a stream starts from now
+  std::thread pusher([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    events.push("peer_down", "ucx://127.0.0.1:9");
+    events.push("decision", "period 1 -> 2");
+  });
+  httplib::Client cli("127.0.0.1", srv->port());
+  cli.set_read_timeout(5, 0);
+  std::string got;
+  auto r = cli.Get("/events/stream", [&](const char* data, size_t n) {
+    got.append(data, n);
+    return got.find("event: decision") == std::string::npos;  // stop once both came
+  });
+  pusher.join();
+  EXPECT_NE(got.find("event: peer_down\ndata: "), std::string::npos) << got;
+  EXPECT_NE(got.find("id: 3\nevent: decision"), std::string::npos) << got;
+  EXPECT_EQ(got.find("before the stream"), std::string::npos) << got;
+  // The endpoint still serves (the stream's thread went back when the client left).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  EXPECT_EQ(request(anon, "GET", "/status").status, 200);
 }
 
 }  // namespace
