@@ -109,21 +109,30 @@ scrape_configs:
             m = s["metric"]
             assert m["job"] == "mycel" and m["mycel_run"] == "run-1", m
             assert m["peer"] == m["mycel_peer"], m
-        time.sleep(3)
-        later = query("mycel_sent_bytes_total")
+        def eventually(q, ok, what, timeout=30):
+            """Polls a query until ok(result) (scrapes are 1 s apart; a loaded machine delays them)."""
+            end, res = time.time() + timeout, None
+            while time.time() < end:
+                res = query(q)
+                if ok(res):
+                    return res
+                time.sleep(0.5)
+            raise AssertionError(f"{what}: {q} gave {res}")
+
         before = {s["metric"]["peer"]: float(s["value"][1]) for s in first}
+        later = eventually("mycel_sent_bytes_total",
+                           lambda r: len(r) == 2 and all(float(s["value"][1]) > before[s["metric"]["peer"]] for s in r),
+                           "the counters increase")
         after = {s["metric"]["peer"]: float(s["value"][1]) for s in later}
         print("before", before, "after", after)
-        assert all(after[p] > before[p] for p in before), (before, after)
-        rate = query("rate(mycel_sent_bytes_total[5s])")
+        rate = eventually("rate(mycel_sent_bytes_total[5s])",
+                          lambda r: len(r) == 2 and all(float(s["value"][1]) > 0 for s in r), "a positive rate")
         print("query rate(mycel_sent_bytes_total[5s]):", [(s["metric"]["peer"], s["value"][1]) for s in rate])
-        assert len(rate) == 2 and all(float(s["value"][1]) > 0 for s in rate), rate
-        bw = query("mycel_link_bandwidth_bytes_per_second")
-        assert len(bw) == 2 and all("link" in s["metric"] for s in bw), bw
-        info = query("mycel_codec_info")
-        assert all(s["metric"].get("codec") == "int8" for s in info) and len(info) == 2, info
-        hist = query("mycel_eval_seconds_count")
-        assert len(hist) == 2, hist
+        eventually("mycel_link_bandwidth_bytes_per_second", lambda r: len(r) == 2 and all("link" in s["metric"] for s in r),
+                   "link bandwidth with its link label")
+        eventually("mycel_codec_info", lambda r: len(r) == 2 and all(s["metric"].get("codec") == "int8" for s in r),
+                   "the codec info")
+        eventually("mycel_eval_seconds_count", lambda r: len(r) == 2, "the histogram's count")
         print("PASS")
         return 0
     finally:
