@@ -5,6 +5,16 @@ find_package(fmt REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(yaml-cpp REQUIRED)
+find_package(nlohmann_json REQUIRED)
+
+# cpp-httplib (libcpp-httplib-dev): the control endpoint and `mycel ctl` / `mycel top`. Debian
+# ships it compiled (libcpp-httplib.so, with OpenSSL, zlib and brotli): its pkg-config flags
+# must be used, or the classes' layout differs from the library's.
+pkg_check_modules(HTTPLIB IMPORTED_TARGET cpp-httplib)
+if(NOT HTTPLIB_FOUND)
+  message(FATAL_ERROR "cpp-httplib not found: run scripts/setup.sh (package libcpp-httplib-dev)")
+endif()
+set(MYCEL_HAVE_HTTPLIB ON)
 
 pkg_check_modules(ZSTD IMPORTED_TARGET libzstd)
 set(MYCEL_HAVE_ZSTD ${ZSTD_FOUND})

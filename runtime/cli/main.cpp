@@ -112,6 +112,8 @@ int main(int argc, char** argv) {
   mycel::cli::add_train_command(app, common);
   mycel::cli::add_deploy_command(app, common);
   mycel::cli::add_sim_command(app, common);
+  mycel::cli::add_ctl_command(app, common);
+  mycel::cli::add_top_command(app, common);
   add_global_options(app, Globals{&log_level, &common}, true);
 
   try {

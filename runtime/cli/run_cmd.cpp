@@ -91,6 +91,7 @@ void add_run_commands(CLI::App& app, Common& common) {
     std::vector<std::string> sets;
     int threads_per_peer = 0;
     std::string peer_log = "warn";
+    bool no_control = false;
   };
   auto ro = std::make_shared<RunOpts>();
   auto* run = app.add_subcommand("run", "run an experiment as a local swarm of peer processes "
@@ -100,6 +101,8 @@ void add_run_commands(CLI::App& app, Common& common) {
   run->add_option("--peer-threads", ro->threads_per_peer, "CPU threads per peer (0: cores / peers)");
   run->add_option("--peer-log-level", ro->peer_log, "log level of the peers (logs in the run folder)")
       ->capture_default_str();
+  run->add_flag("--no-control", ro->no_control,
+                "no control endpoints (by default each peer serves one on loopback; docs/control.md)");
   run->callback([ro, &common] {
     std::string path = ro->config;
     Result<runtime::ExperimentConfig> cfg = Error(Code::kInternal, "unset");
@@ -124,9 +127,18 @@ void add_run_commands(CLI::App& app, Common& common) {
     so.threads_per_peer = ro->threads_per_peer;
     so.log_level = ro->peer_log;
     install_stop_handlers();
+    so.control = !ro->no_control;
     auto sum = runtime::run_swarm(so, &g_stop);
     if (!sum) fail("run", sum.status(), 1);
     std::printf("%s", runtime::format_summary(*sum).c_str());
+    std::fflush(stdout);
+    if (!sum->failed.empty()) {
+      std::string names;
+      for (const auto& f : sum->failed) names += "\n  " + f;
+      fail("run", Error(Code::kInternal, std::to_string(sum->failed.size()) + " of " + std::to_string(sum->peers) +
+                                             " peers failed (logs in " + sum->run_dir + "):" + names),
+           1);
+    }
   });
 }
 

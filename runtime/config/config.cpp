@@ -91,6 +91,12 @@ const std::vector<ConfigKey> kSchema = {
     {"sim.eval_peers", K::kInt, "100", 0, 1000000, "", false, "mycel sim: online peers sampled at each evaluation (0: every online peer)"},
     {"sim.csv_peers", K::kInt, "16", 0, 100000, "", false, "mycel sim: peers (the first ones) that get a per-peer CSV"},
     {"sim.seeds", K::kInt, "0", 0, 1024, "", false, "mycel sim, gossip: random peers each peer is given as bootstrap seeds (0: protocol.view_size)"},
+    {"control.enabled", K::kBool, "false", 0, 0, "", false, "serve the peer's control endpoint (GET /status /metrics /params, PUT /params, POST /stop; docs/control.md)"},
+    {"control.listen", K::kString, "127.0.0.1:0", 0, 0, "", false, "HOST:PORT of the control endpoint (port 0: any free port, recorded in the run folder as control-ID.json); reads need the token too off loopback"},
+    {"control.token_file", K::kString, "", 0, 0, "", false, "file with the bearer token that state-changing requests need (empty: generated per run, written mode 0600 to the output folder)"},
+    {"control.max_body_bytes", K::kInt, "65536", 256, 16777216, "", false, "largest request body the control endpoint reads (larger: 413)"},
+    {"control.max_connections", K::kInt, "8", 1, 1024, "", false, "connections the control endpoint serves at once (more: 503)"},
+    {"control.timeout_s", K::kFloat, "5", 0.1, 300, "", false, "read, write and keep-alive timeout of a control connection"},
 };
 
 const ConfigKey* find_key(std::string_view path) {
@@ -398,6 +404,12 @@ Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::s
   c.sim.eval_peers = static_cast<size_t>(I("sim.eval_peers"));
   c.sim.csv_peers = static_cast<size_t>(I("sim.csv_peers"));
   c.sim.seeds = static_cast<int>(I("sim.seeds"));
+  c.control.enabled = B("control.enabled");
+  c.control.listen = S("control.listen");
+  c.control.token_file = S("control.token_file");
+  c.control.max_body_bytes = static_cast<int>(I("control.max_body_bytes"));
+  c.control.max_connections = static_cast<int>(I("control.max_connections"));
+  c.control.timeout_s = F("control.timeout_s");
   // Cross-key rules.
   if (!c.peers.addresses.empty() && static_cast<int>(c.peers.addresses.size()) != c.peers.count)
     return Error(Code::kInvalidArgument,
@@ -588,6 +600,8 @@ Status check_experiment(const ExperimentConfig& c) {
                                                  std::to_string(c.protocol.degree) + ": " + r.status().message());
     if (auto why = check_name(c.name); !why.empty())
       return Error(Code::kInvalidArgument, "key 'name': '" + c.name + "' " + why);
+    if (auto r = parse_host_port(c.control.listen); !r)
+      return Error(Code::kInvalidArgument, "key 'control.listen': '" + c.control.listen + "': " + r.status().message());
   } catch (const std::exception& e) {
     return Error(Code::kInvalidArgument, std::string("config check: ") + e.what());
   }
@@ -628,6 +642,68 @@ Status validate(const RuntimeParams& p) {
     if (!r) return r.status();
   }
   return Ok();
+}
+
+Result<std::pair<std::string, int>> parse_host_port(std::string_view text) {
+  size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0)
+    return Error(Code::kInvalidArgument, "expected HOST:PORT (e.g. 127.0.0.1:0)");
+  std::string host(text.substr(0, colon));
+  if (host.find_first_of("/ \t") != std::string::npos)
+    return Error(Code::kInvalidArgument, "'" + host + "' is not a host name or IPv4 address");
+  int64_t p = 0;
+  if (!parse_int(text.substr(colon + 1), &p).empty() || p < 0 || p > 65535)
+    return Error(Code::kInvalidArgument, "the port is not an integer in [0, 65535]");
+  return std::make_pair(host, static_cast<int>(p));
+}
+
+std::vector<std::pair<std::string, std::string>> live_param_values(const RuntimeParams& p) {
+  auto num = [](double v) {  // the shortest text that reads back as v
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v);
+    return std::string(buf, r.ptr);
+  };
+  return {
+      {"codec.spec", p.codec},
+      {"codec.error_feedback", p.error_feedback ? "true" : "false"},
+      {"protocol.period_s", num(p.period_s)},
+      {"protocol.jitter", num(p.jitter)},
+      {"protocol.fanout", std::to_string(p.fanout)},
+      {"protocol.merge", p.merge},
+      {"train.lr", num(p.lr)},
+      {"train.local_steps", std::to_string(p.local_steps)},
+  };
+}
+
+Result<RuntimeParams> apply_param_changes(const RuntimeParams& base,
+                                          const std::vector<std::pair<std::string, std::string>>& changes) {
+  RuntimeParams p = base;
+  for (const auto& [key, val] : changes) {
+    const ConfigKey* k = find_key(key);
+    if (!k) return Error(Code::kInvalidArgument, "key '" + key + "': unknown key" + suggest(key));
+    if (!k->live)
+      return Error(Code::kInvalidArgument, "key '" + key + "': not a live parameter (fixed for the run; live: " +
+                                               [] {
+                                                 std::string l;
+                                                 for (const auto& s : kSchema)
+                                                   if (s.live) l += (l.empty() ? "" : ", ") + std::string(s.path);
+                                                 return l;
+                                               }() + ")");
+    MYCEL_ASSIGN_OR_RETURN(std::string v, check_value(*k, val, "parameters"));
+    int64_t i = 0;
+    double f = 0;
+    if (key == "codec.spec") p.codec = v;
+    else if (key == "codec.error_feedback") p.error_feedback = v == "true";
+    else if (key == "protocol.period_s") { (void)parse_float(v, &f); p.period_s = f; }
+    else if (key == "protocol.jitter") { (void)parse_float(v, &f); p.jitter = f; }
+    else if (key == "protocol.fanout") { (void)parse_int(v, &i); p.fanout = static_cast<int>(i); }
+    else if (key == "protocol.merge") p.merge = v;
+    else if (key == "train.lr") { (void)parse_float(v, &f); p.lr = f; }
+    else if (key == "train.local_steps") { (void)parse_int(v, &i); p.local_steps = static_cast<int>(i); }
+    else return Error(Code::kInternal, "key '" + key + "': live in the schema but not in RuntimeParams");
+  }
+  MYCEL_CHECK(validate(p));
+  return p;
 }
 
 std::string describe_schema(bool markdown) {

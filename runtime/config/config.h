@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -102,6 +103,14 @@ struct ExperimentConfig {
     size_t eval_peers = 100, csv_peers = 16;
     int seeds = 0;
   } sim;
+  struct Control {  // the control endpoint (runtime/control/server.h)
+    bool enabled = false;
+    std::string listen = "127.0.0.1:0";
+    std::string token_file;
+    int max_body_bytes = 65536;
+    int max_connections = 8;
+    double timeout_s = 5;
+  } control;
 
   // Every key with its value as text, in schema order (for run folders and logs).
   std::map<std::string, std::string> flat;
@@ -130,6 +139,17 @@ std::vector<std::string> split_list(std::string_view text);
 
 // Validates a parameter set against the schema's ranges (for replacements at run time).
 Status validate(const RuntimeParams& p);
+
+// "HOST:PORT" -> (host, port), port in [0, 65535] (control.listen).
+Result<std::pair<std::string, int>> parse_host_port(std::string_view text);
+
+// The live keys (ConfigKey::live) and their values as text, in a fixed order (GET /params).
+std::vector<std::pair<std::string, std::string>> live_param_values(const RuntimeParams& p);
+// A partial change of the live parameters: each key must be a live key of the schema and each
+// value pass the same checks as in a config file; the first bad one is an error naming the key
+// and the reason, and nothing is applied. Returns the whole new set (PUT /params, mycel ctl set).
+Result<RuntimeParams> apply_param_changes(const RuntimeParams& base,
+                                          const std::vector<std::pair<std::string, std::string>>& changes);
 
 // Human-readable listing of every key, its default and meaning; `markdown` for docs/config.md.
 std::string describe_schema(bool markdown);

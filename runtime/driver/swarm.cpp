@@ -17,18 +17,23 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "common/log.h"
 #include "models/data/cache.h"
+#include "runtime/control/client.h"
+#include "runtime/control/server.h"
 
 namespace mycel::runtime {
 namespace {
 
 namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;  // summary.json keeps its key order, per_peer last
 using Clock = std::chrono::steady_clock;
 
 // Ports for n peers: the OS picks free ones; the sockets stay bound until all are chosen so
@@ -63,19 +68,77 @@ Result<std::vector<int>> pick_ports(const std::string& host, int n, int base) {
   return ports;
 }
 
-std::string last_line(const std::string& path) {
+// The header and the last row of a peer's CSV, as name -> field (the columns come from the
+// metric table, runtime/control/metrics.h; they are looked up by name, not by position).
+std::map<std::string, std::string> last_csv_row(const std::string& path) {
   std::ifstream f(path);
-  std::string line, last;
+  std::string header, line, last;
+  if (!std::getline(f, header)) return {};
   while (std::getline(f, line))
     if (!line.empty()) last = line;
-  return last;
+  std::map<std::string, std::string> row;
+  if (last.empty()) return row;
+  auto split = [](const std::string& l) {
+    std::vector<std::string> out;
+    std::string cur;
+    bool q = false;
+    for (size_t i = 0; i < l.size(); ++i) {
+      char c = l[i];
+      if (q) {
+        if (c == '"' && i + 1 < l.size() && l[i + 1] == '"') cur += '"', ++i;
+        else if (c == '"') q = false;
+        else cur += c;
+      } else if (c == '"') {
+        q = true;
+      } else if (c == ',') {
+        out.push_back(cur);
+        cur.clear();
+      } else {
+        cur += c;
+      }
+    }
+    out.push_back(cur);
+    return out;
+  };
+  auto h = split(header), v = split(last);
+  if (v.size() != h.size()) return {};  // a row being written
+  for (size_t i = 0; i < h.size(); ++i) row[h[i]] = v[i];
+  return row;
 }
 
-// One value of a flat JSON object written by the peer (numbers only).
-double json_number(const std::string& text, const std::string& key, double def = 0) {
-  auto pos = text.find("\"" + key + "\":");
-  if (pos == std::string::npos) return def;
-  return std::strtod(text.c_str() + pos + key.size() + 3, nullptr);
+// A peer's result file (peer-ID.json, one JSON object): parsed, or why it is not a result.
+Result<json> read_peer_json(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return Error(Code::kNotFound, "no " + fs::path(path).filename().string());
+  std::stringstream ss;
+  ss << f.rdbuf();
+  if (ss.str().empty()) return Error(Code::kCorrupt, fs::path(path).filename().string() + " is empty");
+  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object())
+    return Error(Code::kCorrupt, fs::path(path).filename().string() + " is not a JSON object");
+  return j;
+}
+
+double num(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
+}
+uint64_t count(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number()) return 0;
+  if (it->is_number_unsigned()) return it->get<uint64_t>();
+  double d = it->get<double>();
+  return d > 0 ? static_cast<uint64_t>(d) : 0;
+}
+
+// The Prometheus file_sd target list of the run (control::file_sd_targets), rewritten when
+// it changes.
+void write_prometheus_targets(const std::string& run_dir, std::string* last) {
+  std::string text = control::file_sd_targets(run_dir);
+  if (text == *last) return;
+  const std::string path = run_dir + "/prometheus-targets.json", tmp = path + ".tmp";
+  std::ofstream(tmp) << text;
+  if (std::rename(tmp.c_str(), path.c_str()) == 0) *last = text;
 }
 
 std::string human_bytes(double b) {
@@ -142,13 +205,27 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
                     ? opt.threads_per_peer
                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
   std::string exe = opt.exe.empty() ? "/proc/self/exe" : opt.exe;
+  // The control endpoints: one bearer token for the run (mode 0600), each peer on a free
+  // loopback port it records as control-ID.json (runtime/control/server.h).
+  std::vector<std::string> control_sets;
+  if (opt.control) {
+    std::string token_path;
+    MYCEL_ASSIGN_OR_RETURN(auto token, control::load_or_create_token(cfg.control.token_file, sum.run_dir, &token_path));
+    (void)token;
+    control_sets = {"control.enabled=true", "control.token_file=" + fs::absolute(token_path).string()};
+  }
 
   std::vector<Child> kids(n);
+  std::vector<std::string> why_stopped(n);  // a peer that exited non-zero or was killed
   for (int i = 0; i < n; ++i) {
     std::vector<std::string> args = {exe, "--log-level", opt.log_level, "--threads", std::to_string(threads),
                                      "peer", "--config", opt.config_path, "--id", std::to_string(i),
                                      "--listen", addrs[i], "--seeds", seeds, "--peers", all, "--out", sum.run_dir};
     for (const auto& o : opt.overrides) {
+      args.push_back("--set");
+      args.push_back(o);
+    }
+    for (const auto& o : control_sets) {
       args.push_back("--set");
       args.push_back(o);
     }
@@ -182,6 +259,7 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
   bool stopping = false;
   Clock::time_point stop_at;
   int running = n;
+  std::string targets_text;
   while (running > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
     double el = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -202,8 +280,10 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
         bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
         if (!ok) {
           ++sum.crashed;
-          std::string why = WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st))
+          std::string why = WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st)) + " (" +
+                                                  strsignal(WTERMSIG(st)) + ")"
                                             : "exit code " + std::to_string(WEXITSTATUS(st));
+          why_stopped[i] = why;
           std::fprintf(stderr, "%speer %d stopped (%s); see %s/peer-%d.log; the others go on\n", tty ? "\n" : "",
                        i, why.c_str(), sum.run_dir.c_str(), i);
         } else {
@@ -224,26 +304,22 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
         if (k.running) kill(k.pid, SIGKILL);
     }
     // Progress from the peers' CSVs.
+    if (opt.control) write_prometheus_targets(sum.run_dir, &targets_text);
     if (el - last_print >= (tty ? 1.0 : 10.0)) {
       last_print = el;
       double lo = 1, hi = 0, tot = 0;
       int cnt = 0;
       uint64_t bytes = 0, merges = 0;
       for (int i = 0; i < n; ++i) {
-        std::string l = last_line(sum.run_dir + "/peer-" + std::to_string(i) + ".csv");
-        if (l.empty() || l[0] == 't') continue;
-        std::vector<std::string> f;
-        std::stringstream ss(l);
-        std::string x;
-        while (std::getline(ss, x, ',')) f.push_back(x);
-        if (f.size() < 12) continue;
-        double acc = std::atof(f[2].c_str());
+        auto row = last_csv_row(sum.run_dir + "/peer-" + std::to_string(i) + ".csv");
+        if (!row.count("test_accuracy") || !row.count("bytes_sent") || !row.count("merges")) continue;
+        double acc = std::atof(row["test_accuracy"].c_str());
         lo = std::min(lo, acc);
         hi = std::max(hi, acc);
         tot += acc;
         ++cnt;
-        bytes += std::strtoull(f[4].c_str(), nullptr, 10);
-        merges += std::strtoull(f[10].c_str(), nullptr, 10);
+        bytes += std::strtoull(row["bytes_sent"].c_str(), nullptr, 10);
+        merges += std::strtoull(row["merges"].c_str(), nullptr, 10);
       }
       double mps = el > last_merges_t ? (merges - std::min(merges, last_merges)) / (el - last_merges_t) : 0;
       last_merges = merges;
@@ -259,18 +335,22 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
   if (tty) std::fprintf(stderr, "\n");
   sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
-  // Summary from the peers' final JSON lines.
+  // Summary from the peers' result files (nlohmann-json). A peer that was killed, exited
+  // non-zero, or left no readable result is a failure, named in sum.failed.
   std::vector<double> accs;
-  std::ostringstream peers_json;
+  json per_peer = json::array();
   for (int i = 0; i < n; ++i) {
-    std::string j = last_line(sum.run_dir + "/peer-" + std::to_string(i) + ".json");
-    if (j.empty()) continue;
-    accs.push_back(json_number(j, "test_accuracy"));
-    sum.bytes_sent += static_cast<uint64_t>(json_number(j, "bytes_sent"));
-    sum.model_bytes_sent += static_cast<uint64_t>(json_number(j, "model_bytes_sent"));
-    sum.fp32_bytes_equivalent += static_cast<uint64_t>(json_number(j, "fp32_bytes_equivalent"));
-    sum.merges += static_cast<uint64_t>(json_number(j, "merges"));
-    peers_json << (peers_json.tellp() > 0 ? "," : "") << j;
+    auto j = read_peer_json(sum.run_dir + "/peer-" + std::to_string(i) + ".json");
+    std::string why = why_stopped[i];
+    if (!j) why += (why.empty() ? "" : ", ") + j.status().message();
+    if (!why.empty()) sum.failed.push_back("peer " + std::to_string(i) + " (" + why + ")");
+    if (!j) continue;
+    accs.push_back(num(*j, "test_accuracy"));
+    sum.bytes_sent += count(*j, "bytes_sent");
+    sum.model_bytes_sent += count(*j, "model_bytes_sent");
+    sum.fp32_bytes_equivalent += count(*j, "fp32_bytes_equivalent");
+    sum.merges += count(*j, "merges");
+    per_peer.push_back(std::move(j).value());
   }
   if (!accs.empty()) {
     sum.acc_min = *std::min_element(accs.begin(), accs.end());
@@ -281,22 +361,39 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
   }
   sum.bytes_per_peer_per_s = sum.seconds > 0 ? sum.bytes_sent / (sum.seconds * n) : 0;
   sum.rounds = cfg.rounds;
-  std::ostringstream rss_json, cpu_json;
-  for (size_t i = 0; i < sum.peer_rss_bytes.size(); ++i) {
-    rss_json << (i ? "," : "") << sum.peer_rss_bytes[i];
-    cpu_json << (i ? "," : "") << sum.peer_cpu_s[i];
+  json js = {{"name", cfg.name},
+             {"peers", n},
+             {"finished", sum.finished},
+             {"crashed", sum.crashed},
+             {"failed", sum.failed},
+             {"seconds", sum.seconds},
+             {"protocol", cfg.protocol.name},
+             {"model", cfg.model},
+             {"codec", cfg.params.codec},
+             {"dataset", cfg.data.dataset},
+             {"partition", cfg.data.partition},
+             {"accuracy_mean", sum.acc_mean},
+             {"accuracy_min", sum.acc_min},
+             {"accuracy_max", sum.acc_max},
+             {"bytes_sent", sum.bytes_sent},
+             {"model_bytes_sent", sum.model_bytes_sent},
+             {"fp32_bytes_equivalent", sum.fp32_bytes_equivalent},
+             {"merges", sum.merges},
+             {"bytes_per_peer_per_s", sum.bytes_per_peer_per_s},
+             {"peer_rss_bytes", sum.peer_rss_bytes},
+             {"peer_cpu_s", sum.peer_cpu_s},
+             {"per_peer", std::move(per_peer)}};
+  {
+    std::ofstream f(sum.run_dir + "/summary.json");
+    f << js.dump() << "\n";
+    f.close();
+    if (!f) return Error(Code::kIo, "cannot write " + sum.run_dir + "/summary.json");
   }
-  std::ofstream js(sum.run_dir + "/summary.json");
-  js << "{\"name\":\"" << cfg.name << "\",\"peers\":" << n << ",\"finished\":" << sum.finished
-     << ",\"crashed\":" << sum.crashed << ",\"seconds\":" << sum.seconds << ",\"protocol\":\"" << cfg.protocol.name
-     << "\",\"model\":\"" << cfg.model << "\",\"codec\":\"" << cfg.params.codec << "\",\"dataset\":\""
-     << cfg.data.dataset << "\",\"partition\":\"" << cfg.data.partition << "\",\"accuracy_mean\":" << sum.acc_mean
-     << ",\"accuracy_min\":" << sum.acc_min << ",\"accuracy_max\":" << sum.acc_max
-     << ",\"bytes_sent\":" << sum.bytes_sent << ",\"model_bytes_sent\":" << sum.model_bytes_sent
-     << ",\"fp32_bytes_equivalent\":" << sum.fp32_bytes_equivalent << ",\"merges\":" << sum.merges
-     << ",\"bytes_per_peer_per_s\":" << sum.bytes_per_peer_per_s << ",\"peer_rss_bytes\":[" << rss_json.str()
-     << "],\"peer_cpu_s\":[" << cpu_json.str() << "],\"per_peer\":[" << peers_json.str() << "]}\n";
-  if (accs.empty()) return Error(Code::kInternal, "no peer finished; see the logs in " + sum.run_dir);
+  if (accs.empty()) {
+    std::string names;
+    for (const auto& f : sum.failed) names += "\n  " + f;
+    return Error(Code::kInternal, "no peer finished; see the logs in " + sum.run_dir + names);
+  }
   return sum;
 }
 
@@ -304,6 +401,7 @@ std::string format_summary(const SwarmSummary& s) {
   std::ostringstream os;
   char line[256];
   os << "\n";
+  // (failures are listed by mycel run on stderr, from SwarmSummary::failed)
   std::snprintf(line, sizeof line, "  %-34s %s\n", "run folder", s.run_dir.c_str());
   os << line;
   std::snprintf(line, sizeof line, "  %-34s %d finished, %d stopped early, %.1f s\n", "peers", s.finished,

@@ -2,6 +2,8 @@
 // ports, starts `mycel peer` N times, shows a live progress line (elapsed, mean/min/max peer
 // accuracy, bytes sent, merges per second), reports a peer that crashes while the others go
 // on, stops every peer cleanly on Ctrl-C, and ends with a summary table and summary.json.
+// A peer killed by a signal, exiting non-zero, or leaving no readable peer-ID.json is named in
+// SwarmSummary::failed (and summary.json's "failed"); `mycel run` then exits 1.
 #pragma once
 
 #include <atomic>
@@ -20,6 +22,7 @@ struct SwarmOptions {
   std::string exe;                       // the mycel binary (default /proc/self/exe)
   int threads_per_peer = 0;              // 0: cores / peers, at least 1
   std::string log_level = "warn";        // peers' log level (their logs go to peer-ID.log)
+  bool control = true;                   // control endpoints on (token + control-ID.json)
 };
 
 struct SwarmSummary {
@@ -33,6 +36,9 @@ struct SwarmSummary {
   std::vector<uint64_t> peer_rss_bytes;
   std::vector<double> peer_cpu_s;
   uint64_t rounds = 0;  // run.rounds, for the CPU time per node-round
+  // Every peer that failed: "peer 3 (killed by signal 9 (Killed), no peer-3.json)". Not empty:
+  // `mycel run` exits non-zero naming them.
+  std::vector<std::string> failed;
 };
 
 Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>* stop);

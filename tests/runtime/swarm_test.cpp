@@ -237,6 +237,37 @@ TEST(Swarm, BadConfigIsAClearErrorNotAHang) {
   EXPECT_NE(slurp((dir / "log").string()).find("peers.count"), std::string::npos);
 }
 
+// Issue 16 item 3: a peer of `mycel run` killed with SIGKILL makes the run exit 1, naming it,
+// and summary.json lists it under "failed"; the others finish.
+TEST(Swarm, RunExitsNonZeroNamingAKilledPeer) {
+  REQUIRE_RUNTIME();
+  fs::path dir = temp_dir("run-kill");
+  write_config(dir / "c.yaml", 3, 6, dir / "runs");
+  pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string()}, (dir / "run.log").string());
+  // Find the child started with --id 2 and kill it once it is up.
+  pid_t victim = -1;
+  for (int tries = 0; tries < 100 && victim < 0; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::istringstream kids(slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children"));
+    for (pid_t k; kids >> k;) {
+      std::string cmd = slurp("/proc/" + std::to_string(k) + "/cmdline");
+      if (cmd.find(std::string("--id\0002\0", 7)) != std::string::npos) victim = k;
+    }
+  }
+  ASSERT_GT(victim, 0) << "no peer 2 among the children of mycel run";
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  kill(victim, SIGKILL);
+  EXPECT_EQ(wait_exit(pid), 1) << slurp((dir / "run.log").string());
+  std::string log = slurp((dir / "run.log").string());
+  EXPECT_NE(log.find("1 of 3 peers failed"), std::string::npos) << log;
+  EXPECT_NE(log.find("peer 2 (killed by signal 9"), std::string::npos) << log;
+  fs::path run;
+  for (const auto& e : fs::directory_iterator(dir / "runs")) run = e.path();
+  std::string summary = slurp((run / "summary.json").string());
+  EXPECT_NE(summary.find("\"failed\":[\"peer 2 (killed by signal 9"), std::string::npos) << summary;
+  EXPECT_EQ(json_number(summary, "finished"), 2);
+}
+
 }  // namespace
 
 namespace {
