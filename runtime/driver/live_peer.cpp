@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <limits>
@@ -23,6 +25,10 @@
 #include "models/model.h"
 #include "models/optim.h"
 #include "models/trainer.h"
+#include <nlohmann/json.hpp>
+
+#include "runtime/control/metrics.h"
+#include "runtime/control/server.h"
 #include "runtime/core/protocol.h"
 #include "runtime/engine/peer_engine.h"
 #include "runtime/driver/device_ops.h"
@@ -105,6 +111,14 @@ class LivePeer final : public EngineHost {
   std::optional<data::TestChunks> test_chunks_;  // a large test set, read a chunk at a time
   data::Dataset chunk_;
   Status write_summary(double t);
+  // The counters and live parameters as a snapshot (any thread); with_links adds the transport's
+  // per-link figures (loop thread only: the transport is single-threaded).
+  std::shared_ptr<control::PeerSnapshot> snapshot(double t, bool with_links);
+  void publish(double t, const char* state);
+  control::SnapshotBox box_;
+  control::EventRing events_;
+  std::unique_ptr<control::ControlServer> ctl_;
+  std::atomic<bool> stop_requested_{false};
 
   PeerArgs args_;
   ExperimentConfig cfg_;
@@ -273,9 +287,18 @@ Status LivePeer::setup() {
     std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".csv";
     csv_ = std::fopen(path.c_str(), "w");
     if (!csv_) return Error(Code::kIo, "cannot write " + path);
-    std::fprintf(csv_, "time_s,age,test_accuracy,test_loss,bytes_sent,bytes_received,frames_sent,"
-                       "frames_received,model_bytes_sent,fp32_bytes_equivalent,merges,train_steps,codec\n");
+    std::fputs(control::csv_header().c_str(), csv_);
     std::fflush(csv_);
+  }
+  // The control endpoint (off unless control.enabled: `mycel run` turns it on, on loopback).
+  if (cfg_.control.enabled) {
+    MYCEL_ASSIGN_OR_RETURN(auto copt, control::ServerOptions::from_config(cfg_.control, args_.out_dir));
+    MYCEL_ASSIGN_OR_RETURN(ctl_, control::ControlServer::start(
+                                     copt, control::ControlHooks::for_param_store(params_, &stop_requested_), &box_,
+                                     &events_));
+    if (!args_.out_dir.empty()) MYCEL_CHECK(ctl_->write_endpoint_file(args_.out_dir, args_.id, cfg_.control.token_file));
+    publish(0, "starting");
+    MYCEL_LOG_INFO("runtime", "peer {} control endpoint at {}", args_.id, ctl_->url());
   }
   MYCEL_LOG_INFO("runtime", "peer {} at {}: {} samples, model {} ({} params), protocol {}, codec {}",
                  args_.id, po.self, shard_.n, cfg_.model, model_->num_params(), cfg_.protocol.name,
@@ -304,6 +327,7 @@ void LivePeer::on_unreachable(const std::string& peer, const Status& why, bool c
     else ++m().unreached_sends;
   }
   if (reached_.count(peer)) note_unreachable(peer, why);
+  if (ctl_) events_.push("peer_down", peer + (why.is_ok() ? std::string() : ": " + why.to_string()));
   engine_->peer_down(now(), peer, *this);
 }
 
@@ -416,6 +440,7 @@ void LivePeer::on_frame(tp::Frame&& f) {
   auto view = decoder_->decode(f.from, f.bytes, &fe);
   if (!view) {
     ++m().rejected_frames;
+    if (ctl_) events_.push("rejected_frame", f.from + ": " + std::string(tp::frame_error_name(fe)));
     if (tp::frame_fate(fe) == tp::FrameFate::kClose) tr_->disconnect(f.from);
     return;
   }
@@ -473,91 +498,104 @@ void LivePeer::evaluate(double t) {
   last_acc_ = e->accuracy;
   last_loss_ = e->loss;
   if (csv_) {
-    std::fprintf(csv_, "%.3f,%llu,%.6f,%.6f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%s\n", t,
-                 static_cast<unsigned long long>(age_seen_.load()), e->accuracy, e->loss,
-                 static_cast<unsigned long long>(m().bytes_sent.load()),
-                 static_cast<unsigned long long>(m().bytes_received.load()),
-                 static_cast<unsigned long long>(m().frames_sent.load()),
-                 static_cast<unsigned long long>(m().frames_received.load()),
-                 static_cast<unsigned long long>(m().model_bytes_sent.load()),
-                 static_cast<unsigned long long>(m().fp32_bytes_equivalent.load()),
-                 static_cast<unsigned long long>(m().merges.load()),
-                 static_cast<unsigned long long>(m().train_steps.load()), params_.get()->codec.c_str());
+    auto snap = snapshot(t, false);
+    std::fputs(control::csv_row(*snap).c_str(), csv_);
     std::fflush(csv_);
   }
 }
 
-Status LivePeer::write_summary(double t) {
-  if (args_.out_dir.empty()) return Ok();
-  std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".json";
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (!f) return Error(Code::kIo, "cannot write " + path);
-  std::string codecs;
+std::shared_ptr<control::PeerSnapshot> LivePeer::snapshot(double t, bool with_links) {
+  auto s = std::make_shared<control::PeerSnapshot>();
+  const PeerCounters& c = engine_->counters();
+  s->peer = args_.id;
+  s->address = tr_->local_address();
+  s->seconds = t;
+  s->age = age_seen_.load();
+  s->test_accuracy = last_acc_.load();
+  s->test_loss = last_loss_.load();
+  s->samples = shard_.n;
+  s->bytes_sent = c.bytes_sent.load();
+  s->bytes_received = c.bytes_received.load();
+  s->frames_sent = c.frames_sent.load();
+  s->frames_received = c.frames_received.load();
+  s->model_bytes_sent = c.model_bytes_sent.load();
+  s->fp32_bytes_equivalent = c.fp32_bytes_equivalent.load();
+  s->models_sent = c.models_sent.load();
+  s->merges = c.merges.load();
+  s->train_steps = c.train_steps.load();
+  s->rejected_frames = c.rejected_frames.load();
+  s->rejected_payloads = c.rejected_payloads.load();
+  s->dropped_sends = c.dropped_sends.load();
+  s->send_failures = c.send_failures.load();
+  s->unreached_sends = c.unreached_sends.load();
+  s->skipped_steps = c.skipped_steps.load();
   {
     std::lock_guard lk(by_codec_.mu);
-    for (const auto& [c, b] : by_codec_.bytes)
-      codecs += (codecs.empty() ? "" : ",") + std::string("\"") + c + "\":" + std::to_string(b);
+    s->bytes_by_codec = by_codec_.bytes;
   }
-  // The transport's view of each link (transport::PeerStats): what the scheduler will steer by.
-  // Last in the object, so that readers looking up a top-level key find it first.
-  std::string links;
-  for (const tp::PeerStats& l : tr_->stats()) {
-    links += fmt::format(
-        "{}{{\"peer\":\"{}\",\"bytes_sent\":{},\"bytes_received\":{},\"frames_sent\":{},"
-        "\"frames_received\":{},\"send_failures\":{},\"timeouts\":{},\"reconnects\":{},"
-        "\"rejected_frames\":{},\"bandwidth_Bps\":{:.0f},\"bandwidth_age_s\":{:.3f},\"rtt_s\":{:.6f},"
-        "\"rtt_age_s\":{:.3f},\"oldest_send_wait_s\":{:.6f},\"connected\":{}}}",
-        links.empty() ? "" : ",", l.peer, l.bytes_sent, l.bytes_received, l.frames_sent,
-        l.frames_received, l.send_failures, l.timeouts, l.reconnects, l.rejected_frames,
-        l.bandwidth_Bps, l.bandwidth_age_s, l.rtt_s, l.rtt_age_s, l.oldest_send_wait_s,
-        l.connected ? "true" : "false");
+  s->params = *params_.get();
+  s->params_version = params_.version();
+  if (with_links) {
+    const auto& ps = engine_->core().stats();
+    s->wakeups = ps.wakeups;
+    s->peers_down = ps.peers_down;
+    s->links = tr_->stats();
   }
-  const auto& ps = engine_->core().stats();
-  std::fprintf(f,
-               "{\"peer\":%d,\"address\":\"%s\",\"seconds\":%.3f,\"age\":%llu,\"test_accuracy\":%.6f,"
-               "\"test_loss\":%.6f,\"samples\":%zu,\"bytes_sent\":%llu,\"bytes_received\":%llu,"
-               "\"frames_sent\":%llu,\"frames_received\":%llu,\"model_bytes_sent\":%llu,"
-               "\"fp32_bytes_equivalent\":%llu,\"models_sent\":%llu,\"merges\":%llu,\"train_steps\":%llu,"
-               "\"rejected_frames\":%llu,\"rejected_payloads\":%llu,\"dropped_sends\":%llu,"
-               "\"send_failures\":%llu,\"unreached_sends\":%llu,\"skipped_steps\":%llu,\"wakeups\":%llu,\"peers_down\":%llu,\"bytes_by_codec\":{%s},"
-               "\"links\":[%s]}\n",
-               args_.id, tr_->local_address().c_str(), t, static_cast<unsigned long long>(engine_->core().age()),
-               last_acc_.load(), last_loss_.load(), shard_.n,
-               static_cast<unsigned long long>(m().bytes_sent.load()),
-               static_cast<unsigned long long>(m().bytes_received.load()),
-               static_cast<unsigned long long>(m().frames_sent.load()),
-               static_cast<unsigned long long>(m().frames_received.load()),
-               static_cast<unsigned long long>(m().model_bytes_sent.load()),
-               static_cast<unsigned long long>(m().fp32_bytes_equivalent.load()),
-               static_cast<unsigned long long>(m().models_sent.load()),
-               static_cast<unsigned long long>(m().merges.load()),
-               static_cast<unsigned long long>(m().train_steps.load()),
-               static_cast<unsigned long long>(m().rejected_frames.load()),
-               static_cast<unsigned long long>(m().rejected_payloads.load()),
-               static_cast<unsigned long long>(m().dropped_sends.load()),
-               static_cast<unsigned long long>(m().send_failures.load()),
-               static_cast<unsigned long long>(m().unreached_sends.load()),
-               static_cast<unsigned long long>(m().skipped_steps.load()),
-               static_cast<unsigned long long>(ps.wakeups), static_cast<unsigned long long>(ps.peers_down),
-               codecs.c_str(), links.c_str());
-  std::fclose(f);
+  return s;
+}
+
+// Runs on the loop: what the control endpoint serves.
+void LivePeer::publish(double t, const char* state) {
+  if (!ctl_) return;
+  age_seen_ = engine_->core().age();
+  auto s = snapshot(t, true);
+  s->state = state;
+  box_.publish(std::move(s));
+}
+
+Status LivePeer::write_summary(double t) {
+  if (args_.out_dir.empty()) return Ok();
+  const std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".json";
+  const std::string tmp = path + ".tmp";
+  auto s = snapshot(t, true);
+  s->age = engine_->core().age();
+  s->state = "done";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (!f) return Error(Code::kIo, "cannot write " + tmp);
+  const std::string text = control::summary_json(*s).dump() + "\n";
+  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return Error(Code::kIo, "cannot write " + path + " (" + std::strerror(errno) + ")");
+  }
   return Ok();
 }
 
 Status LivePeer::run(const std::atomic<bool>* stop) {
   t0_ = Clock::now();
   engine_->start(0, *this);
+  double next_publish = 0;
+  uint64_t params_seen = params_.version();
   double next_eval = 0;
   const double duration = cfg_.duration_s;
   for (;;) {
     double t = now();
-    if ((stop && stop->load()) || (duration > 0 && t >= duration) ||
+    if ((stop && stop->load()) || stop_requested_.load() || (duration > 0 && t >= duration) ||
         (cfg_.rounds > 0 && engine_->core().stats().wakeups >= cfg_.rounds))
       break;
     if (t >= next_eval) {
       age_seen_ = engine_->core().age();
       worker_.post([this, t] { evaluate(t); });
       next_eval = t + cfg_.eval.every_s;
+    }
+    if (ctl_ && t >= next_publish) {
+      publish(t, "running");
+      next_publish = t + 0.5;
+      if (params_.version() != params_seen) {
+        params_seen = params_.version();
+        events_.push("params", "version " + std::to_string(params_seen) + ": codec " + params_.get()->codec);
+      }
     }
     if (t >= engine_->next_tick()) engine_->tick(t, *this);
     flush_outbox();
@@ -576,6 +614,7 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
           reached_.insert(e.peer);
           unreachable_.erase(e.peer);
           engine_->peer_up(now(), e.peer, *this);
+          if (ctl_) events_.push("peer_up", e.peer);
           break;
         case tp::EventKind::kSendFailed:
           on_send_done(e.token, false);
@@ -601,6 +640,8 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
   age_seen_ = engine_->core().age();
   worker_.post([this, t_end] { evaluate(t_end); });
   worker_.drain();
+  if (stop_requested_.load()) events_.push("stop", "stopped by the control endpoint");
+  publish(t_end, "done");
   MYCEL_CHECK(write_summary(t_end));
   MYCEL_LOG_INFO("runtime", "peer {} done after {:.1f}s: test accuracy {:.4f}, {} merges, {} bytes sent", args_.id,
                  t_end, last_acc_.load(), m().merges.load(), m().bytes_sent.load());
@@ -608,7 +649,12 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
   auto until = Clock::now() + std::chrono::milliseconds(200);
   while (Clock::now() < until) tr_->poll(0.05);
   tr_->close();
-  if (csv_) std::fclose(csv_);
+  if (ctl_) ctl_->stop();
+  if (csv_ && std::fclose(csv_) != 0) {
+    csv_ = nullptr;
+    return Error(Code::kIo, "cannot write peer-" + std::to_string(args_.id) + ".csv: " + std::strerror(errno));
+  }
+  csv_ = nullptr;
   return Ok();
 }
 
