@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "papers"))
     ap.add_argument("--only", default="")
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs"))
+    ap.add_argument("--plot-only", action="store_true", help="reuse the run folders under --out")
     args = ap.parse_args()
     cfg = os.path.join(ROOT, "examples", "papers", "hegedus2019.yaml")
     results = []
@@ -64,16 +65,17 @@ def main():
         for s in sets:
             cmd += ["--set", s]
         t = time.time()
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"{name}: mycel sim failed ({r.returncode}):\n{r.stderr}")
+        if not args.plot_only:
+            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"{name}: mycel sim failed ({r.returncode}):\n{r.stderr}")
         summary = json.load(open(os.path.join(out, "summary.json")))
         results.append(dict(ds=ds, labels=labels, churn=churn, proto=proto, out=out,
                             curve=read_curve(os.path.join(out, "curve.csv")), summary=summary,
                             wall=time.time() - t))
         print(f"{name:45s} final error {summary['final']['mean_error']:.4f}  wall {time.time() - t:6.1f} s", flush=True)
     print(f"all runs: {time.time() - t0:.0f} s")
-    write_docs(results, args.docs, " ".join(sys.argv[1:]))
+    write_docs(results, args.docs, " ".join(a for a in sys.argv[1:] if a != "--plot-only"))
 
 
 def write_docs(results, docs, argv):
@@ -128,6 +130,7 @@ def write_docs(results, docs, argv):
     with open(md, "w") as f:
         f.write(head.replace("@ARGS@", argv))
         f.write("\n## Results\n\n" + "\n".join(sections))
+        f.write(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "papers_tail.md")).read())
     print(f"wrote {md}")
 
 
