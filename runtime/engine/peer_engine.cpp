@@ -81,6 +81,23 @@ void PeerEngine::on_view(double now, const std::string& from, bool reply, std::v
 
 void PeerEngine::on_model(double now, const std::string& from, bool reply, uint64_t age, uint64_t version,
                           uint64_t param_count, FrameBytes bytes, size_t payload_offset, EngineHost& host) {
+  if (fixed_membership_ && bytes && payload_offset >= tp::kFrameHeaderBytes) {
+    // The transport names the peer a frame came from (ucx: the peer authenticated by the
+    // connection's handshake); with a fixed membership its id is its index in the list, so a
+    // header claiming another id is an impersonation attempt (or a misconfigured peer).
+    const uint64_t sid = tp::frame_sender_id(*bytes);
+    const auto& m = *opt_.members;
+    if (sid >= m.size() || m[sid] != from) {
+      ++c_.rejected_frames;
+      ++c_.sender_mismatches;
+      if (mismatch_logged_ < 16) {
+        ++mismatch_logged_;
+        MYCEL_LOG_WARN("runtime", "model frame from {} claims sender id {} ({}): dropped", from, sid,
+                       sid < m.size() ? "the id of " + m[sid] : std::string("not a peer of this experiment"));
+      }
+      return;
+    }
+  }
   const uint32_t parts = static_cast<uint32_t>(opt_.partitions);
   // With partitions the version field is the slice index and param_count its length.
   const uint32_t part = parts > 1 ? static_cast<uint32_t>(std::min<uint64_t>(version, 1u << 30)) : 0;
@@ -116,7 +133,11 @@ void PeerEngine::on_model(double now, const std::string& from, bool reply, uint6
 
 void PeerEngine::merge(EngineHost& host, FrameBytes bytes, size_t payload_offset, size_t off, size_t len, float w) {
   std::span<const uint8_t> payload(bytes->data() + payload_offset, bytes->size() - payload_offset);
-  Status s = host.decoder().decode_merge(payload, model_ + off, len, w);
+  // The trust bound of the live parameter set: a payload with a larger value is refused before
+  // it touches the model (checked on the host, for every backend).
+  CodecContext& dec = host.decoder();
+  dec.set_max_abs(static_cast<float>(params_->get()->max_abs_param));
+  Status s = dec.decode_merge(payload, model_ + off, len, w);
   if (s.is_ok()) {
     ++c_.merges;
   } else {

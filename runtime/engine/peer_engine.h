@@ -8,7 +8,8 @@
 //
 // What the engine does, for both drivers:
 //   - frames in: the fixed-membership filter (D-PSGD, FedAvg take frames from their listed
-//     peers only), the partition/slice check of model frames and their payload header, the
+//     peers only, and a model frame's header sender id must be the index of the peer it came
+//     from in that list), the partition/slice check of model frames and their payload header, the
 //     handles of held payloads until the core answers MergeModel or Drop;
 //   - actions out: SendModel (codec chosen from the live parameters, the slice of a partitioned
 //     model), SendView, MergeModel (fused decode+merge into the slice), Drop, Train (the
@@ -57,6 +58,9 @@ struct PeerCounters {
   std::atomic<uint64_t> merges{0}, train_steps{0}, rejected_frames{0}, rejected_payloads{0};
   std::atomic<uint64_t> dropped_sends{0}, send_failures{0}, skipped_steps{0};
   std::atomic<uint64_t> unreached_sends{0};  // sends to peers never reached yet (not started)
+  // Fixed membership: model frames whose header sender id is not the id of the (authenticated)
+  // peer they came from; also counted in rejected_frames.
+  std::atomic<uint64_t> sender_mismatches{0};
 };
 
 // A model to send, decided by the engine (codec, slice) and carried out by the driver: it finds
@@ -174,6 +178,7 @@ class PeerEngine {
   double next_tick_ = std::numeric_limits<double>::infinity();
   std::set<std::string> unknown_senders_;  // logged once each
   bool fixed_membership_ = false;
+  int mismatch_logged_ = 0;  // sender-id mismatches logged (the first 16)
   PeerCounters c_;
 };
 
