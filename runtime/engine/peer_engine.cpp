@@ -141,8 +141,11 @@ void PeerEngine::merge(EngineHost& host, FrameBytes bytes, size_t payload_offset
   if (s.is_ok()) {
     ++c_.merges;
   } else {
-    ++c_.rejected_payloads;
-    MYCEL_LOG_WARN("runtime", "a received model was rejected, local model unchanged: {}", s.to_string());
+    // A forger can send many: the first 16 are logged, then one at each power of two.
+    const uint64_t k = ++c_.rejected_payloads;
+    if (k <= 16 || (k & (k - 1)) == 0)
+      MYCEL_LOG_WARN("runtime", "a received model was rejected, local model unchanged ({} so far): {}", k,
+                     s.to_string());
   }
   if (bytes.use_count() == 1) host.recycle(std::move(*bytes));
 }

@@ -120,6 +120,15 @@ TEST(Swarm, RunLearnsAndWritesOutputs) {
   EXPECT_EQ(json_number(summary, "finished"), 3);
   EXPECT_GT(json_number(summary, "accuracy_mean"), 0.80) << summary;
   EXPECT_GT(json_number(summary, "merges"), 10) << summary;
+  // Authenticated by default: a key for this run only, mode 0600, used by every peer (none of
+  // them logs the unauthenticated-mode warning).
+  ASSERT_TRUE(fs::exists(run / "swarm.key"));
+  EXPECT_EQ(fs::status(run / "swarm.key").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  for (int i = 0; i < 3; ++i) {
+    std::string log = slurp((run / ("peer-" + std::to_string(i) + ".log")).string());
+    EXPECT_EQ(log.find("unauthenticated mode"), std::string::npos) << log;
+  }
   // int8 sends about a quarter of what fp32 would have.
   EXPECT_LT(json_number(summary, "model_bytes_sent"), 0.5 * json_number(summary, "fp32_bytes_equivalent"));
   for (int i = 0; i < 3; ++i) {
