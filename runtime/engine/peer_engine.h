@@ -9,7 +9,8 @@
 // What the engine does, for both drivers:
 //   - frames in: the fixed-membership filter (D-PSGD, FedAvg take frames from their listed
 //     peers only, and a model frame's header sender id must be the index of the peer it came
-//     from in that list), the partition/slice check of model frames and their payload header, the
+//     from in that list), the partition/slice check of model frames and their payload header,
+//     the trust bound on their values (trust.max_abs_param, before the core sees them), the
 //     handles of held payloads until the core answers MergeModel or Drop;
 //   - actions out: SendModel (codec chosen from the live parameters, the slice of a partitioned
 //     model), SendView, MergeModel (fused decode+merge into the slice), Drop, Train (the
@@ -156,7 +157,9 @@ class PeerEngine {
   PeerEngine(const EngineOptions& opt, std::unique_ptr<Protocol> core, const ParamStore* params, Device& dev,
              float* model, float* residual);
   void handle(EngineHost& host);
-  void merge(EngineHost& host, FrameBytes bytes, size_t payload_offset, size_t off, size_t len, float w);
+  void merge(EngineHost& host, FrameBytes bytes, size_t payload_offset, size_t off, size_t len, float w,
+             bool checked);
+  void rejected_model(const std::string& from, const Status& s);  // counts; logs at a bounded rate
 
   EngineOptions opt_;
   std::unique_ptr<Protocol> core_;
@@ -171,6 +174,7 @@ class PeerEngine {
     FrameBytes bytes;
     size_t payload_offset = 0;
     uint32_t partition = 0;
+    bool checked = false;  // the magnitude bound was checked on arrival (raw bodies)
   };
   std::map<uint64_t, Held> held_;
   uint64_t next_handle_ = 0;
