@@ -355,24 +355,29 @@ namespace {
 
 // Index of the first v[i] whose magnitude is above lim_bits (as fp32 bits without the sign:
 // the order of magnitudes is the order of those bits; NaN and Inf are above any finite bound),
-// or SIZE_MAX. Two passes, the first one branch-free so that it vectorises.
+// or SIZE_MAX. Two passes, the first one branch-free so that it vectorises; the magnitudes are
+// compared as signed integers (both are below 2^31), which SSE2 has (an unsigned max is
+// SSE4.1).
 size_t first_above_f32(const float* v, size_t n, uint32_t lim_bits) {
-  const uint32_t* u = reinterpret_cast<const uint32_t*>(v);
-  uint32_t m = 0;
-  for (size_t i = 0; i < n; ++i) m = std::max(m, u[i] & 0x7fffffffu);
-  if (m <= lim_bits) return SIZE_MAX;
+  const int32_t* u = reinterpret_cast<const int32_t*>(v);
+  const int32_t lim = static_cast<int32_t>(lim_bits);
+  int32_t any = 0;
+  for (size_t i = 0; i < n; ++i) any |= (u[i] & 0x7fffffff) > lim;
+  if (!any) return SIZE_MAX;
   for (size_t i = 0; i < n; ++i)
-    if ((u[i] & 0x7fffffffu) > lim_bits) return i;
+    if ((u[i] & 0x7fffffff) > lim) return i;
   return SIZE_MAX;
 }
 
 // The same for fp16 / bf16 codes: lim16 is the largest magnitude code not above the bound.
 size_t first_above_16(const uint16_t* v, size_t n, uint16_t lim16) {
-  uint16_t m = 0;
-  for (size_t i = 0; i < n; ++i) m = std::max<uint16_t>(m, v[i] & 0x7fffu);
-  if (m <= lim16) return SIZE_MAX;
+  const int16_t* u = reinterpret_cast<const int16_t*>(v);
+  const int16_t lim = static_cast<int16_t>(lim16);
+  int16_t any = 0;
+  for (size_t i = 0; i < n; ++i) any |= static_cast<int16_t>((u[i] & 0x7fff) > lim);
+  if (!any) return SIZE_MAX;
   for (size_t i = 0; i < n; ++i)
-    if ((v[i] & 0x7fffu) > lim16) return i;
+    if ((u[i] & 0x7fff) > lim) return i;
   return SIZE_MAX;
 }
 

@@ -3,7 +3,9 @@
 // it (or NaN/Inf) is refused with the model untouched; 0 turns the bound off.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <vector>
 
 #include "kernels/codec.h"
@@ -63,6 +65,39 @@ TEST(CodecTrust, NonFiniteIsAboveAnyBound) {
   v[1] = -1e30f;
   EXPECT_TRUE(check_magnitude(h, reinterpret_cast<const uint8_t*>(v.data()), 12, 1e30f).is_ok());
   EXPECT_TRUE(check_magnitude(h, reinterpret_cast<const uint8_t*>(v.data()), 12, 0).is_ok());
+}
+
+}  // namespace
+}  // namespace mycel
+
+namespace mycel {
+namespace {
+
+// What the bound costs next to the fused decode+merge it guards: fp32, 2^20 parameters (4 MiB),
+// one CPU thread; a timing, not asserted (run with --gtest_also_run_disabled_tests).
+TEST(CodecTrust, DISABLED_BoundCostNextToDecodeMerge) {
+  auto dev = make_device("cpu", 1).value();
+  CodecContext enc(*dev), dec(*dev);
+  const size_t n = size_t{1} << 20;
+  std::vector<float> x(n), model(n, 0.5f);
+  for (size_t i = 0; i < n; ++i) x[i] = std::sin(0.001f * float(i));
+  std::vector<uint8_t> payload;
+  ASSERT_TRUE(enc.encode(CodecSpec{}, x.data(), n, nullptr, 1, &payload).is_ok());
+  PayloadHeader h = read_header(payload.data(), payload.size(), n).value();
+  auto time = [&](auto&& f) {
+    for (int i = 0; i < 3; ++i) f();
+    auto t0 = std::chrono::steady_clock::now();
+    const int reps = 50;
+    for (int i = 0; i < reps; ++i) f();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+  };
+  dec.set_max_abs(0);
+  double merge = time([&] { ASSERT_TRUE(dec.decode_merge(payload, model.data(), n, 0.5f).is_ok()); });
+  double check = time([&] {
+    ASSERT_TRUE(check_magnitude(h, payload.data() + kPayloadHeaderBytes, payload.size() - kPayloadHeaderBytes, 1e4f).is_ok());
+  });
+  std::printf("fp32 n=%zu: decode_merge %.3f ms (%.2f GB/s of payload), check_magnitude %.3f ms (%.2f GB/s): %.0f%%\n", n,
+              merge * 1e3, payload.size() / merge / 1e9, check * 1e3, payload.size() / check / 1e9, 100 * check / merge);
 }
 
 }  // namespace
