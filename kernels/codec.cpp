@@ -12,7 +12,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/half.h"
 #include "kernels/backend.h"
+#include "kernels/codec_math.h"
 
 namespace mycel {
 namespace {
@@ -347,6 +349,103 @@ Status decode_merge_body(Device& dev, const PayloadHeader& h, const uint8_t* bod
   return t->decode_merge_body(dev, h, body, x, a, s);
 }
 
+// ---- receive-side bound on decoded magnitudes (host memory, any backend) ----
+
+namespace {
+
+// Index of the first v[i] whose magnitude is above lim_bits (as fp32 bits without the sign:
+// the order of magnitudes is the order of those bits; NaN and Inf are above any finite bound),
+// or SIZE_MAX. Two passes, the first one branch-free so that it vectorises; the magnitudes are
+// compared as signed integers (both are below 2^31), which SSE2 has (an unsigned max is
+// SSE4.1).
+size_t first_above_f32(const float* v, size_t n, uint32_t lim_bits) {
+  const int32_t* u = reinterpret_cast<const int32_t*>(v);
+  const int32_t lim = static_cast<int32_t>(lim_bits);
+  int32_t any = 0;
+  for (size_t i = 0; i < n; ++i) any |= (u[i] & 0x7fffffff) > lim;
+  if (!any) return SIZE_MAX;
+  for (size_t i = 0; i < n; ++i)
+    if ((u[i] & 0x7fffffff) > lim) return i;
+  return SIZE_MAX;
+}
+
+// The same for fp16 / bf16 codes: lim16 is the largest magnitude code not above the bound.
+size_t first_above_16(const uint16_t* v, size_t n, uint16_t lim16) {
+  const int16_t* u = reinterpret_cast<const int16_t*>(v);
+  const int16_t lim = static_cast<int16_t>(lim16);
+  int16_t any = 0;
+  for (size_t i = 0; i < n; ++i) any |= static_cast<int16_t>((u[i] & 0x7fff) > lim);
+  if (!any) return SIZE_MAX;
+  for (size_t i = 0; i < n; ++i)
+    if ((u[i] & 0x7fff) > lim) return i;
+  return SIZE_MAX;
+}
+
+// Largest 15-bit magnitude code whose value (by `to_f32`) is <= lim (finite codes only).
+template <typename ToF32>
+uint16_t largest_code_within(float lim, ToF32 to_f32) {
+  uint32_t lo = 0, hi = 0x7fff;  // invariant: code lo is within (0 is), codes > hi are not
+  while (lo < hi) {
+    uint32_t mid = (lo + hi + 1) / 2;
+    float f = to_f32(static_cast<uint16_t>(mid));
+    if (std::isfinite(f) && f <= lim) lo = mid;
+    else hi = mid - 1;
+  }
+  return static_cast<uint16_t>(lo);
+}
+
+Status too_large(const PayloadHeader& h, size_t i, double v, float lim) {
+  return Error(Code::kOutOfRange,
+               fmt::format("{} value {} is {:g}, above the bound {:g} (trust.max_abs_param)",
+                           codec_name(h.codec), i, v, lim));
+}
+
+}  // namespace
+
+Status check_magnitude(const PayloadHeader& h, const uint8_t* body, size_t len, float lim) {
+  if (!(lim > 0)) return Ok();
+  MYCEL_ASSIGN_OR_RETURN(size_t raw, raw_body_bytes(h));
+  if (len != raw)
+    return Error(Code::kCorrupt, fmt::format("body of {} bytes, {} needs {}", len, hdr_str(h), raw));
+  if (raw == 0) return Ok();
+  const auto l = codec_math::body_layout(h.n, h.k, h.block,
+                                         h.codec == CodecId::kInt8 || h.codec == CodecId::kInt4,
+                                         h.codec == CodecId::kTopK, body);
+  const uint32_t lim_bits = f32_bits(lim) & 0x7fffffffu;
+  switch (h.codec) {
+    case CodecId::kFp32:
+    case CodecId::kTopK:
+    case CodecId::kRandK: {
+      const size_t count = h.codec == CodecId::kFp32 ? l.n : l.k;
+      const float* v = reinterpret_cast<const float*>(l.data);
+      size_t i = first_above_f32(v, count, lim_bits);
+      if (i != SIZE_MAX) return too_large(h, i, v[i], lim);
+      return Ok();
+    }
+    case CodecId::kFp16:
+    case CodecId::kBf16: {
+      const bool f16 = h.codec == CodecId::kFp16;
+      const uint16_t lim16 = f16 ? largest_code_within(lim, [](uint16_t c) { return f16_to_f32(c); })
+                                 : largest_code_within(lim, [](uint16_t c) { return bf16_to_f32(c); });
+      const uint16_t* v = reinterpret_cast<const uint16_t*>(l.data);
+      size_t i = first_above_16(v, l.n, lim16);
+      if (i != SIZE_MAX) return too_large(h, i, f16 ? f16_to_f32(v[i]) : bf16_to_f32(v[i]), lim);
+      return Ok();
+    }
+    case CodecId::kInt8:
+    case CodecId::kInt4: {
+      // |x| <= scale * qmax: a block is refused when its largest possible value is above the
+      // bound (an encoder's scale is absmax / qmax, so an honest block passes exactly).
+      const float qmax = h.codec == CodecId::kInt8 ? 127.f : 7.f;
+      const uint32_t sbits = f32_bits(lim / qmax) & 0x7fffffffu;
+      size_t j = first_above_f32(l.scales, l.nblocks, sbits);
+      if (j != SIZE_MAX) return too_large(h, j * l.block, static_cast<double>(l.scales[j]) * qmax, lim);
+      return Ok();
+    }
+  }
+  return Error(Code::kCorrupt, "unknown codec");
+}
+
 // ---- CodecContext ----
 
 struct CodecContext::Impl {
@@ -391,6 +490,7 @@ struct CodecContext::Impl {
   std::vector<uint8_t> out;  // the payload being built; swapped into the caller's on success
   ZSTD_CCtx* cctx = nullptr;
   ZSTD_DCtx* dctx = nullptr;
+  float max_abs = 0;  // decode refuses payloads with a value above it (0: no bound)
 };
 
 CodecContext::CodecContext(Device& dev) : dev_(dev), impl_(new Impl(dev)) {}
@@ -499,6 +599,10 @@ Status CodecContext::Impl::decode(std::span<const uint8_t> payload, float* x, si
   PayloadHeader hr = h;
   hr.flags = 0;
   hr.body_bytes = raw;
+  if (max_abs > 0) {
+    // On the host, before the body reaches the device: the same check for every backend.
+    MYCEL_CHECK(check_magnitude(hr, body, raw, max_abs));
+  }
   if (!cpu && raw > 0) {
     // Only the compressed representation goes to the device, never an fp32 copy of the model.
     MYCEL_ASSIGN_OR_RETURN(uint8_t* dbody, device_body(raw));
@@ -509,6 +613,9 @@ Status CodecContext::Impl::decode(std::span<const uint8_t> payload, float* x, si
   if (merge) return decode_merge_body(dev, hr, body, raw, x, a, s);
   return decode_body(dev, hr, body, raw, x, s);
 }
+
+void CodecContext::set_max_abs(float bound) { impl_->max_abs = bound > 0 ? bound : 0; }
+float CodecContext::max_abs() const { return impl_->max_abs; }
 
 Status CodecContext::decode(std::span<const uint8_t> payload, float* out, size_t expected_n,
                             Stream* s) {

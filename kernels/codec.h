@@ -99,6 +99,10 @@ Status decode_body(Device& dev, const PayloadHeader& h, const uint8_t* body, siz
 // Validates first: on any error x is unchanged.
 Status decode_merge_body(Device& dev, const PayloadHeader& h, const uint8_t* body, size_t len,
                          float* x, float a, Stream* s = nullptr);
+// Receive-side bound (host memory): kOutOfRange naming the first value whose magnitude is above
+// bound (NaN and Inf are above any bound); int8/int4 judge each block by scale * qmax, the
+// largest value it can decode to. bound <= 0: no check. len must be the raw body size.
+Status check_magnitude(const PayloadHeader& h, const uint8_t* body, size_t len, float bound);
 
 // ---- whole payloads in host memory; x, out and residual are device buffers ----
 
@@ -129,6 +133,11 @@ class CodecContext {
   Status decode(std::span<const uint8_t> payload, float* out, size_t expected_n, Stream* s = nullptr);
   Status decode_merge(std::span<const uint8_t> payload, float* x, size_t expected_n, float a,
                       Stream* s = nullptr);
+  // A bound on the magnitude of decoded values (0: none, the default): decode and
+  // decode_merge then refuse (kOutOfRange, output untouched) a payload holding a larger value,
+  // checked on the host before the body reaches the device (check_magnitude).
+  void set_max_abs(float bound);
+  float max_abs() const;
 
  private:
   struct Impl;

@@ -7,6 +7,7 @@
 #include "transport/transport.h"
 
 #if MYCEL_HAVE_UCX
+#include "transport/ucx/bootstrap.h"
 #include "transport/ucx/ucx_transport.h"
 #endif
 
@@ -26,6 +27,16 @@ Result<std::unique_ptr<Transport>> make_transport(std::string_view listen, const
   return Error(Code::kInvalidArgument,
                fmt::format("'{}' has no known transport scheme (inproc://NAME or "
                            "ucx://HOST:PORT)", listen));
+}
+
+Status make_key_file(const std::string& path, uint32_t id) {
+#if MYCEL_HAVE_UCX
+  return write_key_file(path, id);
+#else
+  (void)id;
+  return Error(Code::kUnavailable, fmt::format("cannot write the key file {}: this build has no UCX and "
+                                               "libsodium (the bootstrap that uses it)", path));
+#endif
 }
 
 }  // namespace mycel::transport

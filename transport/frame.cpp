@@ -163,6 +163,11 @@ Result<std::vector<uint8_t>> encode_frame(const FrameHeader& h,
   return buf;
 }
 
+uint64_t frame_sender_id(std::span<const uint8_t> bytes) {
+  if (bytes.size() < kFrameHeaderBytes) return 0;
+  return get<uint64_t>(bytes.data(), kOffSender);
+}
+
 FrameError decode_frame(std::span<const uint8_t> bytes, const FrameLimits& limits,
                         FrameView* out) {
   if (bytes.size() < kFrameHeaderBytes) return FrameError::kShortHeader;

@@ -133,6 +133,10 @@ Result<std::vector<uint8_t>> encode_frame(const FrameHeader& h,
 FrameError decode_frame(std::span<const uint8_t> bytes, const FrameLimits& limits,
                         FrameView* out);
 
+// The sender id field of a frame's header (0 when bytes is shorter than a header): for a
+// receiver that already decoded the frame and kept only its bytes.
+uint64_t frame_sender_id(std::span<const uint8_t> bytes);
+
 // Counters of decoded frames, one per FrameError (kOk counts good frames).
 struct FrameStats {
   std::array<std::atomic<uint64_t>, kFrameErrorCount> counts{};

@@ -223,6 +223,11 @@ class Transport {
   RegionRegistry regions_;
 };
 
+// Creates the key file `path` (must not exist; mode 0600) holding one fresh random swarm key
+// with this id, for Options::key_file (transport/ucx/bootstrap.h write_key_file). kUnavailable
+// in a build without UCX.
+Status make_key_file(const std::string& path, uint32_t id = 1);
+
 // Creates a transport listening at `listen` ("ucx://0.0.0.0:PORT", "ucx://127.0.0.1:0" for
 // any free port, "inproc://NAME"). The scheme chooses the implementation; "ucx" in a build
 // without UCX is a kUnavailable error.

@@ -23,6 +23,9 @@ void add_run_commands(CLI::App& app, Common& common);
 // runtime/cli/config_cmd.cpp: `mycel config`.
 void add_config_command(CLI::App& app, Common& common);
 
+// runtime/cli/keygen_cmd.cpp: `mycel keygen --out FILE [--id N]`.
+void add_keygen_command(CLI::App& app, Common& common);
+
 // runtime/cli/data_cmd.cpp: `mycel data info`, `mycel data partition`.
 void add_data_commands(CLI::App& app, Common& common);
 

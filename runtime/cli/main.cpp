@@ -108,6 +108,7 @@ int main(int argc, char** argv) {
 
   mycel::cli::add_config_command(app, common);
   mycel::cli::add_run_commands(app, common);
+  mycel::cli::add_keygen_command(app, common);
   mycel::cli::add_data_commands(app, common);
   mycel::cli::add_train_command(app, common);
   mycel::cli::add_deploy_command(app, common);

@@ -65,8 +65,11 @@ const std::vector<ConfigKey> kSchema = {
     {"protocol.degree", K::kInt, "4", 1, 1024, "", false, "degree of the random regular topology"},
     {"protocol.client_fraction", K::kFloat, "0.1", 1e-6, 1, "", false, "FedAvg: fraction C of clients per round"},
     {"protocol.local_epochs", K::kInt, "1", 1, 1000, "", false, "FedAvg: local epochs E per round"},
+    {"trust.max_age_lead", K::kInt, "1000", 0, kBig, "", true, "gossip: a received model's age counts for at most this many updates more than the local model's (in the merge weight and in age = max), so a forged age gets no weight near 1 and does not spread; cut ages are counted (ages_clamped)"},
+    {"trust.max_abs_param", K::kFloat, "1e4", 0, 1e38, "", true, "a received model holding a value of larger magnitude is refused before it touches the local model (counted in rejected_payloads; int8/int4: scale x qmax); 0: no bound"},
     {"codec.spec", K::kString, "int8", 0, 0, "", true, "codec of model exchanges: fp32 fp16 bf16 int8[:block=B] int4[:block=B] topk:F randk:F [+zstd]"},
     {"codec.error_feedback", K::kBool, "true", 0, 0, "", true, "keep the compression error and add it to the next message"},
+    {"transport.key_file", K::kString, "", 0, 0, "", false, "bootstrap key file (`mycel keygen --out FILE`, mode 0600): peers authenticate each other with it; empty: unauthenticated, with a warning (mycel run then makes one per run in the run folder)"},
     {"peers.count", K::kInt, "16", 1, 10000000, "", false, "number of peers (local swarm or simulation)"},
     {"peers.addresses", K::kStringList, "", 0, 0, "", false, "explicit peer addresses (deployment); empty: local peers on loopback"},
     {"peers.transport", K::kString, "ucx", 0, 0, "ucx|inproc", false, "transport between peers"},
@@ -370,6 +373,9 @@ Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::s
   c.params.jitter = F("protocol.jitter");
   c.params.fanout = static_cast<int>(I("protocol.fanout"));
   c.params.merge = S("protocol.merge");
+  c.params.max_age_lead = static_cast<uint64_t>(I("trust.max_age_lead"));
+  c.params.max_abs_param = F("trust.max_abs_param");
+  c.transport.key_file = S("transport.key_file");
   c.protocol.view_size = static_cast<int>(I("protocol.view_size"));
   c.protocol.peer_timeout_s = F("protocol.peer_timeout_s");
   c.protocol.startup_timeout_s = F("protocol.startup_timeout_s");
@@ -636,6 +642,8 @@ Status validate(const RuntimeParams& p) {
       {"train.lr", std::to_string(p.lr)},
       {"train.local_steps", std::to_string(p.local_steps)},
       {"protocol.merge", p.merge},
+      {"trust.max_age_lead", std::to_string(p.max_age_lead)},
+      {"trust.max_abs_param", std::to_string(p.max_abs_param)},
   };
   for (const auto& [key, val] : v) {
     auto r = check_value(*find_key(key), val, "parameters");

@@ -44,6 +44,10 @@ struct RuntimeParams {
   double lr = 0.05;                   // base learning rate
   int local_steps = 1;                // local SGD steps after each merge / per period
   std::string merge = "age";          // merge rule name (runtime merge-rule registry)
+  // Trust (docs/security.md): a received age counts for at most this many updates more than
+  // the local one; a received model with a value above max_abs_param is refused (0: no bound).
+  uint64_t max_age_lead = 1000;
+  double max_abs_param = 1e4;
 };
 
 struct ExperimentConfig {
@@ -75,6 +79,9 @@ struct ExperimentConfig {
     double startup_timeout_s = 30;
   } protocol;
   RuntimeParams params;
+  struct Transport {
+    std::string key_file;  // bootstrap key file (empty: unauthenticated, loopback use only)
+  } transport;
   struct Peers {
     int count = 0;
     std::vector<std::string> addresses;

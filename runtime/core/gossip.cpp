@@ -8,6 +8,9 @@
 // slices taken in turn from a random start; each slice has its own age, merged with the rule
 // against the received slice's age; local training ages every slice. The model's age (for the
 // learning-rate schedule) is the mean of the slices'.
+// Trust: a received age counts for at most trust.max_age_lead updates more than the local one
+// (ProtocolStats::ages_clamped counts the messages whose age was cut), in the weight and in
+// age = max; the decoded values are judged by the engine's codec context (trust.max_abs_param).
 #include <algorithm>
 #include <cmath>
 
@@ -94,11 +97,20 @@ class Gossip final : public Protocol {
           out.push_back(SendModel{msg.from, MsgKind::kModelReply, age, 0, msg.partition});
         }
         auto rule = rule_for(p->merge);
-        MergeInputs in{age, msg.age, 0, 0};
+        // A received age is a claim: not trusted beyond max_age_lead updates ahead of ours, so
+        // that a forged age (2^62) gets no weight near 1 from it and cannot spread as age = max.
+        uint64_t recv_age = msg.age;
+        const uint64_t lead = p->max_age_lead;
+        const uint64_t cap = age > UINT64_MAX - lead ? UINT64_MAX : age + lead;
+        if (recv_age > cap) {
+          recv_age = cap;
+          ++stats_.ages_clamped;
+        }
+        MergeInputs in{age, recv_age, 0, 0};
         float a = rule ? rule->weight(in) : 0.5f;
         out.push_back(MergeModel{msg.handle, a});
         ++stats_.merges;
-        age = rule ? rule->merged_age(in) : std::max(age, msg.age);
+        age = rule ? rule->merged_age(in) : std::max(age, recv_age);
         train(*p, out);
         return;
       }

@@ -87,6 +87,7 @@ struct ProtocolStats {
   uint64_t no_peer = 0;            // gossip wake-ups with nobody in the view to send to
   uint64_t rounds_timed_out = 0;   // D-PSGD / FedAvg rounds ended by their deadline
   uint64_t rounds_skipped = 0;     // D-PSGD rounds jumped over to catch up with neighbours
+  uint64_t ages_clamped = 0;       // gossip: received ages cut to local + trust.max_age_lead
 };
 
 class Protocol {

@@ -239,6 +239,7 @@ Status LivePeer::setup() {
   MYCEL_CHECK(dev_->memset(residual_.data(), 0, residual_.bytes()));
 
   tp::Options to;
+  to.key_file = cfg_.transport.key_file;  // empty: unauthenticated, with the transport's warning
   to.max_frame_bytes = max_payload_bytes(CodecSpec{}, model_->num_params()) + (size_t(1) << 20);
   // On a GPU the transport's send buffers are page-locked (the encoder's device-to-host copy of
   // each body lands there at DMA speed) and device frames could be staged.

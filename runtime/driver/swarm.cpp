@@ -28,6 +28,7 @@
 #include "models/data/cache.h"
 #include "runtime/control/client.h"
 #include "runtime/control/server.h"
+#include "transport/transport.h"
 
 namespace mycel::runtime {
 namespace {
@@ -185,6 +186,14 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
     std::ofstream resolved(sum.run_dir + "/config.resolved.txt");
     for (const auto& [k, v] : cfg.flat) resolved << k << ": " << v << "\n";
   }
+  // Authenticated by default (docs/security.md): without a configured transport.key_file, a
+  // fresh key for this run only (mode 0600, in the run folder), handed to every peer.
+  std::vector<std::string> key_set;
+  if (cfg.transport.key_file.empty()) {
+    const std::string key = fs::absolute(sum.run_dir + "/swarm.key").string();
+    MYCEL_CHECK(transport::make_key_file(key, 1));
+    key_set = {"--set", "transport.key_file=" + key};
+  }
 
   std::vector<std::string> addrs;
   for (int p : ports) addrs.push_back("ucx://" + cfg.peers.host + ":" + std::to_string(p));
@@ -229,6 +238,7 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
       args.push_back("--set");
       args.push_back(o);
     }
+    args.insert(args.end(), key_set.begin(), key_set.end());
     std::string log = sum.run_dir + "/peer-" + std::to_string(i) + ".log";
     pid_t pid = fork();
     if (pid < 0) return Error(Code::kIo, std::string("fork failed: ") + std::strerror(errno));

@@ -81,6 +81,23 @@ void PeerEngine::on_view(double now, const std::string& from, bool reply, std::v
 
 void PeerEngine::on_model(double now, const std::string& from, bool reply, uint64_t age, uint64_t version,
                           uint64_t param_count, FrameBytes bytes, size_t payload_offset, EngineHost& host) {
+  if (fixed_membership_ && bytes && payload_offset >= tp::kFrameHeaderBytes) {
+    // The transport names the peer a frame came from (ucx: the peer authenticated by the
+    // connection's handshake); with a fixed membership its id is its index in the list, so a
+    // header claiming another id is an impersonation attempt (or a misconfigured peer).
+    const uint64_t sid = tp::frame_sender_id(*bytes);
+    const auto& m = *opt_.members;
+    if (sid >= m.size() || m[sid] != from) {
+      ++c_.rejected_frames;
+      ++c_.sender_mismatches;
+      if (mismatch_logged_ < 16) {
+        ++mismatch_logged_;
+        MYCEL_LOG_WARN("runtime", "model frame from {} claims sender id {} ({}): dropped", from, sid,
+                       sid < m.size() ? "the id of " + m[sid] : std::string("not a peer of this experiment"));
+      }
+      return;
+    }
+  }
   const uint32_t parts = static_cast<uint32_t>(opt_.partitions);
   // With partitions the version field is the slice index and param_count its length.
   const uint32_t part = parts > 1 ? static_cast<uint32_t>(std::min<uint64_t>(version, 1u << 30)) : 0;
@@ -101,6 +118,20 @@ void PeerEngine::on_model(double now, const std::string& from, bool reply, uint6
     MYCEL_LOG_WARN("runtime", "model from {} has a bad payload: {}", from, ph.status().to_string());
     return;
   }
+  // The trust bound, before the core sees the message: a refused model must not move the
+  // core's age (or take a merge slot) either. A zstd body is judged after decompression, in
+  // the decode on the compute context.
+  const float bound = static_cast<float>(params_->get()->max_abs_param);
+  bool checked = false;
+  if (bound > 0 && !(ph->flags & kPayloadFlagZstd)) {
+    const size_t body_at = payload_offset + kPayloadHeaderBytes;
+    Status s = check_magnitude(*ph, bytes->data() + body_at, bytes->size() - body_at, bound);
+    if (!s.is_ok()) {
+      rejected_model(from, s);
+      return;
+    }
+    checked = true;
+  }
   Message msg;
   msg.from = from;
   msg.kind = reply ? MsgKind::kModelReply : MsgKind::kModel;
@@ -108,20 +139,32 @@ void PeerEngine::on_model(double now, const std::string& from, bool reply, uint6
   msg.version = version;
   msg.handle = ++next_handle_;
   msg.partition = part;
-  held_[msg.handle] = Held{std::move(bytes), payload_offset, part};
+  held_[msg.handle] = Held{std::move(bytes), payload_offset, part, checked};
   acts_.clear();
   core_->message(now, msg, acts_);
   handle(host);
 }
 
-void PeerEngine::merge(EngineHost& host, FrameBytes bytes, size_t payload_offset, size_t off, size_t len, float w) {
+void PeerEngine::rejected_model(const std::string& from, const Status& s) {
+  // A forger can send many: the first 16 are logged, then one at each power of two.
+  const uint64_t k = ++c_.rejected_payloads;
+  if (k <= 16 || (k & (k - 1)) == 0)
+    MYCEL_LOG_WARN("runtime", "a received model from {} was rejected, local model unchanged ({} so far): {}", from,
+                   k, s.to_string());
+}
+
+void PeerEngine::merge(EngineHost& host, FrameBytes bytes, size_t payload_offset, size_t off, size_t len, float w,
+                       bool checked) {
   std::span<const uint8_t> payload(bytes->data() + payload_offset, bytes->size() - payload_offset);
-  Status s = host.decoder().decode_merge(payload, model_ + off, len, w);
+  // The trust bound of the live parameter set: a payload with a larger value is refused before
+  // it touches the model (checked on the host, for every backend).
+  CodecContext& dec = host.decoder();
+  dec.set_max_abs(checked ? 0.f : static_cast<float>(params_->get()->max_abs_param));
+  Status s = dec.decode_merge(payload, model_ + off, len, w);
   if (s.is_ok()) {
     ++c_.merges;
   } else {
-    ++c_.rejected_payloads;
-    MYCEL_LOG_WARN("runtime", "a received model was rejected, local model unchanged: {}", s.to_string());
+    rejected_model("a peer", s);
   }
   if (bytes.use_count() == 1) host.recycle(std::move(*bytes));
 }
@@ -170,8 +213,8 @@ void PeerEngine::handle(EngineHost& host) {
       held_.erase(it);
       const size_t off = slice_begin(h.partition);
       const size_t len = slice_begin(h.partition + 1) - off;
-      host.post([this, &host, b = std::move(h.bytes), po = h.payload_offset, off, len, w]() mutable {
-        merge(host, std::move(b), po, off, len, w);
+      host.post([this, &host, b = std::move(h.bytes), po = h.payload_offset, off, len, w, ck = h.checked]() mutable {
+        merge(host, std::move(b), po, off, len, w, ck);
       });
     } else if (auto* t = std::get_if<Train>(&a)) {
       // Compute is the bottleneck: when the compute context is already behind, an asynchronous

@@ -8,7 +8,9 @@
 //
 // What the engine does, for both drivers:
 //   - frames in: the fixed-membership filter (D-PSGD, FedAvg take frames from their listed
-//     peers only), the partition/slice check of model frames and their payload header, the
+//     peers only, and a model frame's header sender id must be the index of the peer it came
+//     from in that list), the partition/slice check of model frames and their payload header,
+//     the trust bound on their values (trust.max_abs_param, before the core sees them), the
 //     handles of held payloads until the core answers MergeModel or Drop;
 //   - actions out: SendModel (codec chosen from the live parameters, the slice of a partitioned
 //     model), SendView, MergeModel (fused decode+merge into the slice), Drop, Train (the
@@ -57,6 +59,9 @@ struct PeerCounters {
   std::atomic<uint64_t> merges{0}, train_steps{0}, rejected_frames{0}, rejected_payloads{0};
   std::atomic<uint64_t> dropped_sends{0}, send_failures{0}, skipped_steps{0};
   std::atomic<uint64_t> unreached_sends{0};  // sends to peers never reached yet (not started)
+  // Fixed membership: model frames whose header sender id is not the id of the (authenticated)
+  // peer they came from; also counted in rejected_frames.
+  std::atomic<uint64_t> sender_mismatches{0};
 };
 
 // A model to send, decided by the engine (codec, slice) and carried out by the driver: it finds
@@ -152,7 +157,9 @@ class PeerEngine {
   PeerEngine(const EngineOptions& opt, std::unique_ptr<Protocol> core, const ParamStore* params, Device& dev,
              float* model, float* residual);
   void handle(EngineHost& host);
-  void merge(EngineHost& host, FrameBytes bytes, size_t payload_offset, size_t off, size_t len, float w);
+  void merge(EngineHost& host, FrameBytes bytes, size_t payload_offset, size_t off, size_t len, float w,
+             bool checked);
+  void rejected_model(const std::string& from, const Status& s);  // counts; logs at a bounded rate
 
   EngineOptions opt_;
   std::unique_ptr<Protocol> core_;
@@ -167,6 +174,7 @@ class PeerEngine {
     FrameBytes bytes;
     size_t payload_offset = 0;
     uint32_t partition = 0;
+    bool checked = false;  // the magnitude bound was checked on arrival (raw bodies)
   };
   std::map<uint64_t, Held> held_;
   uint64_t next_handle_ = 0;
@@ -174,6 +182,7 @@ class PeerEngine {
   double next_tick_ = std::numeric_limits<double>::infinity();
   std::set<std::string> unknown_senders_;  // logged once each
   bool fixed_membership_ = false;
+  int mismatch_logged_ = 0;  // sender-id mismatches logged (the first 16)
   PeerCounters c_;
 };
 

@@ -247,6 +247,31 @@ TEST(PeerEngine, FixedMembershipRefusesStrangers) {
   EXPECT_TRUE(g.engine->accepts("anyone")) << "gossip has an open membership";
 }
 
+TEST(PeerEngine, FixedMembershipRefusesAModelFrameClaimingAnotherPeersId) {
+  Fixture f(10, 1, "dpsgd", {"a", "b"});
+  auto frame = [&](uint64_t sender) {
+    FrameBytes b = f.frame(10, 3.f);
+    tp::FrameHeader h;
+    h.type = tp::MessageType::kModel;
+    h.param_count = 10;
+    h.sender_id = sender;
+    EXPECT_TRUE(tp::seal_frame(h, *b).is_ok());
+    return b;
+  };
+  f.core->next.push_back({Drop{1}});
+  f.engine->on_model(0, "a", false, 1, 0, 10, frame(0), tp::kFrameHeaderBytes, f.host);
+  EXPECT_EQ(f.core->seen.size(), 1u) << "a's frame with a's id (0) reaches the core";
+  f.engine->on_model(0, "a", false, 1, 0, 10, frame(1), tp::kFrameHeaderBytes, f.host);
+  f.engine->on_model(0, "a", false, 1, 0, 10, frame(7), tp::kFrameHeaderBytes, f.host);
+  EXPECT_EQ(f.core->seen.size(), 1u) << "a claiming b's id (1), or an id of nobody, is dropped";
+  EXPECT_EQ(f.engine->counters().sender_mismatches.load(), 2u);
+  EXPECT_EQ(f.engine->counters().rejected_frames.load(), 2u);
+  Fixture g(10, 1, "gossip", {"a", "b"});
+  g.core->next.push_back({Drop{1}});
+  g.engine->on_model(0, "a", false, 1, 0, 10, g.frame(10, 3.f), tp::kFrameHeaderBytes, g.host);
+  EXPECT_EQ(g.core->seen.size(), 1u) << "gossip's open membership has no id to check against";
+}
+
 TEST(PeerEngine, PartitionsBeyondTheModelAreRefused) {
   auto dev = make_device("cpu", 1).value();
   ParamStore ps{RuntimeParams{}};

@@ -21,6 +21,10 @@
 #include <vector>
 
 #include "common/version.h"
+#include "kernels/codec.h"
+#include "kernels/device.h"
+#include "transport/frame.h"
+#include "transport/transport.h"
 
 namespace {
 
@@ -120,6 +124,15 @@ TEST(Swarm, RunLearnsAndWritesOutputs) {
   EXPECT_EQ(json_number(summary, "finished"), 3);
   EXPECT_GT(json_number(summary, "accuracy_mean"), 0.80) << summary;
   EXPECT_GT(json_number(summary, "merges"), 10) << summary;
+  // Authenticated by default: a key for this run only, mode 0600, used by every peer (none of
+  // them logs the unauthenticated-mode warning).
+  ASSERT_TRUE(fs::exists(run / "swarm.key"));
+  EXPECT_EQ(fs::status(run / "swarm.key").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  for (int i = 0; i < 3; ++i) {
+    std::string log = slurp((run / ("peer-" + std::to_string(i) + ".log")).string());
+    EXPECT_EQ(log.find("unauthenticated mode"), std::string::npos) << log;
+  }
   // int8 sends about a quarter of what fp32 would have.
   EXPECT_LT(json_number(summary, "model_bytes_sent"), 0.5 * json_number(summary, "fp32_bytes_equivalent"));
   for (int i = 0; i < 3; ++i) {
@@ -400,6 +413,102 @@ TEST(Swarm, GossipOnACsvFileWrittenByTheTest) {
   EXPECT_GT(json_number(summary, "merges"), 5) << summary;
   // Labels are mapped to 0..C-1 in sorted order, and the mapping is written down.
   EXPECT_EQ(slurp((run / "classes.csv").string()), "index,name\n0,resting\n1,walking\n");
+}
+
+}  // namespace
+
+namespace {
+
+using namespace mycel;
+
+// Issue 15's attack on real processes: a key holder (this test, a raw transport with the
+// swarm's key and no mycel peer code) sends model frames of the right size with age 2^62 and
+// values of 1e30 or 3e38 to every peer of a 4-peer spambase gossip swarm, 8 rounds of them.
+// Before the guards this took the swarm from 0.91 to 0.477 accuracy (issue 15). Now every
+// forged payload is refused by the magnitude bound, the ages stay those of honest training, and
+// the swarm learns as a clean one does.
+TEST(Swarm, ForgedModelsFromAKeyHolderAreRefusedAndTheSwarmKeepsLearning) {
+  REQUIRE_RUNTIME();
+  fs::path dir = temp_dir("forged");
+  const std::string key = (dir / "swarm.key").string();
+  ASSERT_TRUE(transport::make_key_file(key, 1).is_ok());
+  const int base = free_port();
+  {
+    std::ofstream c(dir / "c.yaml");
+    c << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+         "train:\n  lr: 0.1\n  local_steps: 2\nprotocol:\n  period_s: 0.3\n  peer_timeout_s: 2\n"
+         "peers:\n  count: 4\n  base_port: "
+      << base << "\ntransport:\n  key_file: " << key << "\nrun:\n  duration_s: 10\neval:\n  every_s: 1\noutput: "
+      << (dir / "runs").string() << "\n";
+  }
+  pid_t pid = spawn({mycel_bin(), "run", "--peer-log-level", "info", (dir / "c.yaml").string()},
+                    (dir / "run.log").string());
+  // The parameter count, from the first peer's log, once it is up.
+  fs::path run;
+  size_t n_params = 0;
+  for (int i = 0; i < 200 && n_params == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (run.empty() && fs::exists(dir / "runs"))
+      for (const auto& e : fs::directory_iterator(dir / "runs")) run = e.path();
+    if (run.empty()) continue;
+    std::smatch m;
+    std::string log = slurp((run / "peer-0.log").string());
+    if (std::regex_search(log, m, std::regex("\\((\\d+) params\\)"))) n_params = std::stoul(m[1]);
+  }
+  ASSERT_GT(n_params, 0u) << "peer 0 did not start";
+  transport::Options to;
+  to.key_file = key;
+  auto tr = transport::make_transport("ucx://127.0.0.1:0", to);
+  ASSERT_TRUE(tr.is_ok()) << tr.status().to_string();
+  auto dev = make_device("cpu", 1).value();
+  CodecContext enc(*dev);
+  int completed = 0;
+  for (int round = 0; round < 8; ++round) {
+    const float value = round % 2 ? 3e38f : 1e30f;
+    std::vector<float> x(n_params, value);
+    std::vector<uint8_t> payload;
+    ASSERT_TRUE(enc.encode(CodecSpec{}, x.data(), n_params, nullptr, 1, &payload).is_ok());
+    for (int p = 0; p < 4; ++p) {
+      transport::FrameHeader h;
+      h.type = transport::MessageType::kModel;
+      h.sender_id = 9;
+      h.seq = static_cast<uint64_t>(round + 1);
+      h.model_age = uint64_t{1} << 62;
+      h.param_count = n_params;
+      uint64_t token = 0;
+      (void)(*tr)->send("ucx://127.0.0.1:" + std::to_string(base + p), transport::encode_frame(h, payload).value(),
+                        &token);
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(700);
+    while (std::chrono::steady_clock::now() < until)
+      for (auto& e : (*tr)->poll(0.05))
+        if (e.kind == transport::EventKind::kSendComplete) ++completed;
+  }
+  (*tr)->close();
+  ASSERT_EQ(wait_exit(pid), 0) << slurp((dir / "run.log").string());
+  EXPECT_GE(completed, 5) << "at least the issue's 5 forged frames were delivered";
+  std::string summary = slurp((run / "summary.json").string());
+  EXPECT_EQ(json_number(summary, "finished"), 4) << summary;
+  EXPECT_GT(json_number(summary, "accuracy_mean"), 0.80) << summary;
+  uint64_t refused = 0, bound_lines = 0;
+  double max_age = 0;
+  for (int i = 0; i < 4; ++i) {
+    std::string j = slurp((run / ("peer-" + std::to_string(i) + ".json")).string());
+    refused += static_cast<uint64_t>(std::max(0.0, json_number(j, "rejected_payloads")));
+    std::string log = slurp((run / ("peer-" + std::to_string(i) + ".log")).string());
+    for (size_t at = log.find("trust.max_abs_param"); at != std::string::npos; at = log.find("trust.max_abs_param", at + 1))
+      ++bound_lines;
+    std::istringstream csv(slurp((run / ("peer-" + std::to_string(i) + ".csv")).string()));
+    std::string line;
+    std::getline(csv, line);
+    while (std::getline(csv, line)) max_age = std::max(max_age, std::strtod(line.c_str() + line.find(',') + 1, nullptr));
+  }
+  EXPECT_GE(refused, static_cast<uint64_t>(completed)) << "every delivered forged payload refused";
+  EXPECT_GE(bound_lines, 1u) << "refused by the magnitude bound (not by a size mismatch)";
+  EXPECT_LT(max_age, 1000) << "ages are those of honest training (the issue saw 4.6e18): a refused "
+                              "model's age is not taken";
+  std::fprintf(stderr, "forged: %d delivered, %llu refused, accuracy_mean %.3f, max age %.0f\n", completed,
+               static_cast<unsigned long long>(refused), json_number(summary, "accuracy_mean"), max_age);
 }
 
 }  // namespace
