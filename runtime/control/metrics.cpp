@@ -105,6 +105,11 @@ const std::vector<MetricDef> kTable = [] {
       peer("wakeups", "mycel_wakeups_total", K::kCounter, "", "protocol periods or rounds", "", 0, PU(wakeups)),
       peer("peers_down", "mycel_peers_down_total", K::kCounter, "", "peers the protocol took as down", "", 0,
            PU(peers_down)),
+      peer("ages_clamped", "mycel_ages_clamped_total", K::kCounter, "",
+           "received model ages cut to the local age + trust.max_age_lead", "", 0, PU(ages_clamped)),
+      peer("sender_mismatches", "mycel_sender_mismatches_total", K::kCounter, "",
+           "frames whose header sender id is not the authenticated peer's (D-PSGD, FedAvg)", "", 0,
+           PU(sender_mismatches)),
   };
   t.insert(t.end(), more.begin(), more.end());
   MetricDef ev = base("eval_seconds", "mycel_eval_seconds", K::kHistogram, S::kPeer, "seconds",

@@ -50,6 +50,8 @@ struct PeerSnapshot {
   uint64_t merges = 0, train_steps = 0, rejected_frames = 0, rejected_payloads = 0;
   uint64_t dropped_sends = 0, send_failures = 0, unreached_sends = 0, skipped_steps = 0;
   uint64_t wakeups = 0, peers_down = 0;  // protocol stats
+  uint64_t ages_clamped = 0;       // received ages cut to local + trust.max_age_lead
+  uint64_t sender_mismatches = 0;  // frames whose header sender id is not the connection's peer
   std::map<std::string, uint64_t> bytes_by_codec;  // model bytes sent per codec
   std::vector<transport::PeerStats> links;         // the transport's view of each link
   runtime::RuntimeParams params;                   // the live parameters in force

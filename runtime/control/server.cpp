@@ -154,18 +154,25 @@ Result<std::string> load_or_create_token(const std::string& token_file, const st
     std::error_code ec;
     std::filesystem::create_directories(out_dir, ec);
     path = out_dir + "/control.token";
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-      std::string t = random_token() + "\n";
-      bool ok = ::write(fd, t.data(), t.size()) == static_cast<ssize_t>(t.size());
-      ok = (::close(fd) == 0) && ok;
-      if (!ok) {
-        ::unlink(path.c_str());
-        return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
-      }
-    } else if (errno != EEXIST) {
-      return Error(Code::kIo, "cannot create " + path + ": " + std::strerror(errno));
+    // Written whole to a private temporary file, then linked into place: link() never replaces
+    // an existing file, so the peers of one run that start together all read one complete token
+    // (an O_EXCL create followed by a write let a second peer read it half written).
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + random_token().substr(0, 8);
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return Error(Code::kIo, "cannot create " + tmp + ": " + std::strerror(errno));
+    std::string t = random_token() + "\n";
+    bool ok = ::write(fd, t.data(), t.size()) == static_cast<ssize_t>(t.size());
+    ok = (::fsync(fd) == 0) && ok;
+    ok = (::close(fd) == 0) && ok;
+    if (!ok) {
+      const int err = errno;
+      ::unlink(tmp.c_str());
+      return Error(Code::kIo, "cannot write " + tmp + ": " + std::strerror(err));
     }
+    const int rc = ::link(tmp.c_str(), path.c_str());
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    if (rc != 0 && err != EEXIST) return Error(Code::kIo, "cannot create " + path + ": " + std::strerror(err));
   }
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return Error(Code::kNotFound, "control token file " + path + ": " + std::strerror(errno));

@@ -115,6 +115,8 @@ class LivePeer final : public EngineHost {
   // per-link figures (loop thread only: the transport is single-threaded).
   std::shared_ptr<control::PeerSnapshot> snapshot(double t, bool with_links);
   void publish(double t, const char* state);
+  std::mutex eval_mu_;
+  control::Histogram eval_hist_ = control::Histogram::with_bounds({0.001, 0.01, 0.1, 1, 10});
   control::SnapshotBox box_;
   control::EventRing events_;
   std::unique_ptr<control::ControlServer> ctl_;
@@ -491,7 +493,12 @@ Result<models::EvalStats> LivePeer::evaluate_chunks() {
 
 // Runs on the worker.
 void LivePeer::evaluate(double t) {
+  const auto t0 = Clock::now();
   auto e = test_chunks_ ? evaluate_chunks() : trainer_->evaluate(test_);
+  {
+    std::lock_guard lk(eval_mu_);
+    eval_hist_.observe(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
   if (!e) {
     MYCEL_LOG_WARN("runtime", "evaluation failed: {}", e.status().to_string());
     return;
@@ -530,6 +537,11 @@ std::shared_ptr<control::PeerSnapshot> LivePeer::snapshot(double t, bool with_li
   s->send_failures = c.send_failures.load();
   s->unreached_sends = c.unreached_sends.load();
   s->skipped_steps = c.skipped_steps.load();
+  s->sender_mismatches = c.sender_mismatches.load();
+  {
+    std::lock_guard lk(eval_mu_);
+    s->eval_seconds = eval_hist_;
+  }
   {
     std::lock_guard lk(by_codec_.mu);
     s->bytes_by_codec = by_codec_.bytes;
@@ -540,6 +552,7 @@ std::shared_ptr<control::PeerSnapshot> LivePeer::snapshot(double t, bool with_li
     const auto& ps = engine_->core().stats();
     s->wakeups = ps.wakeups;
     s->peers_down = ps.peers_down;
+    s->ages_clamped = ps.ages_clamped;
     s->links = tr_->stats();
   }
   return s;
