@@ -21,6 +21,9 @@ while [ $# -gt 0 ]; do
 done
 
 jobs=$(nproc)
+# ccache keys hold absolute paths unless told otherwise: CI builds in a fresh clone in a new
+# folder each time, so relative keys (base dir = this checkout) let it reuse earlier builds.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 # Each stage prints its wall time, and the total closes the run (docs/benchmarks.md says what
 # a cold CI takes here).
 t_start=$SECONDS

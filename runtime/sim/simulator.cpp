@@ -146,6 +146,12 @@ class Worker final : public EngineHost {
     else delete m;
   }
   ~Worker() override {
+    // Messages still on the way when the run ends (in the queue or waiting at a window's end).
+    while (!q_.empty()) {
+      delete q_.top().msg;
+      q_.pop();
+    }
+    for (const Event& e : outbox) delete e.msg;
     for (SimMsg* m : msgs_) delete m;
   }
 
