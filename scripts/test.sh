@@ -49,14 +49,14 @@ fi
 
 stage "release configure" cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 stage "release build" cmake --build build -j "$jobs"
-stage "release tests" ctest --test-dir build --output-on-failure -j "$jobs"
+stage "release tests" ctest --test-dir build --output-on-failure -j "$jobs" --timeout 600
 
 if [ "$quick" = 1 ]; then summary; exit 0; fi
 
 stage "asan configure" cmake --preset asan
 stage "asan build" cmake --build --preset asan -j "$jobs"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-stage "asan tests" ctest --test-dir build/asan --output-on-failure -j "$jobs"
+stage "asan tests" ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 900
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 if [ -x scripts/fuzz.sh ]; then

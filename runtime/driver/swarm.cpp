@@ -158,6 +158,7 @@ struct Child {
   pid_t pid = -1;
   bool running = false;
   int status = 0;
+  bool overdue = false;  // still running long after run.duration_s: stopped by mycel run
 };
 
 }  // namespace
@@ -270,6 +271,10 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
   Clock::time_point stop_at;
   int running = n;
   std::string targets_text;
+  // A peer that outlives its run.duration_s by this much is hung (a peer stops by itself at
+  // the end of its duration, its start-up wait included): it is stopped and counted failed,
+  // so that one stuck peer never keeps `mycel run` (and whatever waits for it) forever.
+  const double overdue_s = std::max(30.0, 0.25 * cfg.duration_s) + cfg.protocol.startup_timeout_s;
   while (running > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
     double el = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -287,10 +292,12 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
         sum.peer_cpu_s.push_back(static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                                  1e-6 * static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec));
         --running;
-        bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0 && !kids[i].overdue;
         if (!ok) {
           ++sum.crashed;
-          std::string why = WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st)) + " (" +
+          std::string why = kids[i].overdue ? "did not stop by itself " + std::to_string(static_cast<int>(overdue_s)) +
+                                                  " s after run.duration_s; stopped by mycel run"
+                            : WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st)) + " (" +
                                                   strsignal(WTERMSIG(st)) + ")"
                                             : "exit code " + std::to_string(WEXITSTATUS(st));
           why_stopped[i] = why;
@@ -308,6 +315,17 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
       for (auto& k : kids)
         if (k.running) kill(k.pid, SIGTERM);
       std::fprintf(stderr, "\nmycel run: stopping %d peers\n", running);
+    }
+    if (!stopping && cfg.duration_s > 0 && el > cfg.duration_s + overdue_s) {
+      stopping = true;
+      stop_at = Clock::now();
+      for (auto& k : kids)
+        if (k.running) {
+          k.overdue = true;
+          kill(k.pid, SIGTERM);
+        }
+      std::fprintf(stderr, "\nmycel run: %d peer(s) still running %.0f s after run.duration_s (%.0f s); stopping them\n",
+                   running, overdue_s, cfg.duration_s);
     }
     if (stopping && Clock::now() - stop_at > std::chrono::seconds(15)) {
       for (auto& k : kids)
