@@ -70,12 +70,18 @@ bool PeerEngine::accepts(const std::string& from) {
 
 void PeerEngine::on_view(double now, const std::string& from, bool reply, std::vector<Descriptor> entries,
                          EngineHost& host) {
+  on_view_lent(now, from, reply, entries, host);
+}
+
+void PeerEngine::on_view_lent(double now, const std::string& from, bool reply, std::vector<Descriptor>& entries,
+                              EngineHost& host) {
   Message msg;
   msg.from = from;
   msg.kind = reply ? MsgKind::kShuffleReply : MsgKind::kShuffle;
-  msg.entries = std::move(entries);
+  msg.entries.swap(entries);
   acts_.clear();
-  core_->message(now, msg, acts_);
+  core_->message(now, msg, acts_);  // a const Message: the entries are only read
+  entries.swap(msg.entries);
   handle(host);
 }
 

@@ -134,6 +134,10 @@ class PeerEngine {
   // for a sender outside the membership of a D-PSGD or FedAvg experiment.
   bool accepts(const std::string& from);
   void on_view(double now, const std::string& from, bool reply, std::vector<Descriptor> entries, EngineHost& host);
+  // The same, lending the entries: `entries` comes back with its contents and its capacity (the
+  // simulator reuses a message's buffer rather than free it and allocate the next).
+  void on_view_lent(double now, const std::string& from, bool reply, std::vector<Descriptor>& entries,
+                    EngineHost& host);
   // A model frame: its header fields and its bytes, the payload starting at payload_offset.
   // With partitions, `version` is the slice index (as the live wire carries it).
   void on_model(double now, const std::string& from, bool reply, uint64_t age, uint64_t version,

@@ -493,7 +493,7 @@ void Worker::dispatch(const Event& e) {
         p.engine->on_model(now_, from, m->reply, m->age, m->version, m->param_count, std::move(m->bytes),
                            tp::kFrameHeaderBytes, *this);
       } else {
-        p.engine->on_view(now_, from, m->reply, std::move(m->entries), *this);
+        p.engine->on_view_lent(now_, from, m->reply, m->entries, *this);
       }
       break;
     }
@@ -508,7 +508,8 @@ void Worker::dispatch(const Event& e) {
 
 // Each event touches a peer's state in a 10,000-peer swarm that is not in the cache: the peer
 // of the event after next is fetched while this one runs, and its engine, protocol core and
-// model one event ahead (hints only: events pushed meanwhile may come first).
+// model one event ahead, its Cyclon view just before it runs (hints only: events pushed meanwhile
+// may come first).
 void Worker::run_window(double end) {
   while (!q_.empty() && q_.top().t < end) {
     Event e = q_.top();
@@ -532,6 +533,12 @@ void Worker::run_window(double end) {
       const char* model = reinterpret_cast<const char*>(sh_.arena.data() + static_cast<size_t>(next) * sh_.P);
       for (size_t b = 0; b < sh_.P * sizeof(float) && b < 1024; b += 64) __builtin_prefetch(model + b);
       if (q_.top().msg) __builtin_prefetch(q_.top().msg);
+    }
+    // This event's Cyclon view (its core was fetched one event ago): searched by most events.
+    if (const PeerSampling* ps = peers()[e.peer].core->sampling()) {
+      const char* v = reinterpret_cast<const char*>(ps->view().data());
+      const size_t bytes = ps->view().size() * sizeof(Descriptor);
+      for (size_t b = 0; b < bytes && b < 1024; b += 64) __builtin_prefetch(v + b);
     }
     dispatch(e);
   }
