@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -58,6 +59,12 @@ size_t rss_bytes() {
   if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
   std::fclose(f);
   return static_cast<size_t>(resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+}
+
+double process_cpu_s() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 size_t available_memory() {
@@ -852,6 +859,7 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
   };
   // The run: windows of at most the lookahead, the workers in parallel inside each.
   const auto t_run = Clock::now();
+  const double cpu_run = process_cpu_s();
   double window_end = 0;
   std::atomic<bool> done{false};
   std::barrier sync(threads);
@@ -923,6 +931,7 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
   for (FILE* f : csv) std::fclose(f);
   MYCEL_CHECK(failed);
   res.wall_s = std::chrono::duration<double>(Clock::now() - t_run).count();
+  res.cpu_s = process_cpu_s() - cpu_run;
   res.eval_wall_s = eval_wall;
   std::map<std::string, uint64_t> by_codec;
   for (auto& w : sh->workers) {
@@ -968,6 +977,7 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
     j["seed"] = cfg.seed;
     j["sim_time_s"] = res.sim_time_s;
     j["wall_s"] = res.wall_s;
+    j["cpu_s"] = res.cpu_s;
     j["setup_s"] = res.setup_s;
     j["eval_wall_s"] = res.eval_wall_s;
     j["train_wall_s"] = res.train_wall_s;
