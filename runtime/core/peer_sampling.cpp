@@ -4,6 +4,22 @@
 #include <limits>
 
 namespace mycel::runtime {
+namespace {
+
+// Address equality, compared from the end: two addresses of a swarm share their beginning
+// (scheme, host, "s:") and differ in the last characters (port, id), so a mismatch is found at
+// the first byte looked at, with no call to memcmp (views are searched on every message).
+inline bool same(const std::string& a, const std::string& b) {
+  const size_t n = a.size();
+  if (n != b.size()) return false;
+  const char* x = a.data();
+  const char* y = b.data();
+  for (size_t i = n; i-- > 0;)
+    if (x[i] != y[i]) return false;
+  return true;
+}
+
+}  // namespace
 
 PeerSampling::PeerSampling(std::string self, size_t view_size, size_t shuffle_len, uint64_t seed,
                            double retry_min_s, double retry_max_s)
@@ -20,33 +36,43 @@ void PeerSampling::add_seed(const std::string& address, double now) {
 }
 
 void PeerSampling::insert_or_refresh(const Descriptor& d) {
-  if (d.address == self_ || d.address.empty()) return;
-  for (auto& v : view_) {
-    if (v.address == d.address) {
-      v.age = std::min(v.age, d.age);
-      return;
-    }
+  if (d.address.empty() || same(d.address, self_)) return;
+  auto v = find_in_view(d.address);
+  if (v != view_.end()) {
+    v->age = std::min(v->age, d.age);
+    return;
   }
   if (view_.size() < capacity_) view_.push_back(d);
+}
+
+std::vector<Descriptor>::iterator PeerSampling::find_in_view(const std::string& address) {
+  return std::find_if(view_.begin(), view_.end(), [&](const Descriptor& v) { return same(v.address, address); });
+}
+
+PeerSampling::Sent* PeerSampling::find_sent(const std::string& to) {
+  for (auto& s : sent_)
+    if (!s.to.empty() && same(s.to, to)) return &s;
+  return nullptr;
 }
 
 // A uniform random subset of k view entries other than `exclude`: a partial Fisher-Yates over
 // indices, so that only the chosen entries are copied (the simulator calls this for every
 // shuffle and every gossip send of thousands of peers).
-std::vector<size_t> PeerSampling::random_indices(size_t k, const std::string& exclude) {
-  std::vector<size_t> idx;
-  idx.reserve(view_.size());
+void PeerSampling::random_indices(size_t k, const std::string& exclude) {
+  auto& idx = idx_;
+  idx.clear();
   for (size_t i = 0; i < view_.size(); ++i)
-    if (exclude.empty() || view_[i].address != exclude) idx.push_back(i);
+    if (exclude.empty() || !same(view_[i].address, exclude)) idx.push_back(static_cast<uint32_t>(i));
   const size_t take = std::min(k, idx.size());
   for (size_t i = 0; i < take; ++i) std::swap(idx[i], idx[i + rng_.below(idx.size() - i)]);
   idx.resize(take);
-  return idx;
 }
 
 std::vector<Descriptor> PeerSampling::random_subset(size_t k, const std::string& exclude) {
+  random_indices(k, exclude);
   std::vector<Descriptor> out;
-  for (size_t i : random_indices(k, exclude)) out.push_back(view_[i]);
+  out.reserve(idx_.size() + 1);  // start_shuffle adds its own descriptor
+  for (uint32_t i : idx_) out.push_back(view_[i]);
   return out;
 }
 
@@ -59,7 +85,17 @@ std::optional<ShuffleRequest> PeerSampling::start_shuffle() {
   req.to = oldest->address;
   view_.erase(oldest);  // it comes back only if it answers (or someone vouches for it)
   req.entries = random_subset(shuffle_len_ - 1, req.to);
-  sent_[req.to] = req.entries;
+  Sent* slot = find_sent(req.to);
+  if (!slot) {
+    for (auto& s : sent_)
+      if (s.to.empty()) {
+        slot = &s;
+        break;
+      }
+    if (!slot) slot = &sent_.emplace_back();
+    slot->to = req.to;
+  }
+  slot->entries.assign(req.entries.begin(), req.entries.end());
   req.entries.push_back(Descriptor{self_, 0});
   return req;
 }
@@ -75,11 +111,15 @@ std::vector<Descriptor> PeerSampling::on_shuffle_request(const std::string& from
 
 void PeerSampling::on_shuffle_reply(const std::string& from, const std::vector<Descriptor>& entries,
                                     double now) {
-  auto it = sent_.find(from);
-  std::vector<Descriptor> sent = it != sent_.end() ? it->second : std::vector<Descriptor>{};
-  if (it != sent_.end()) sent_.erase(it);
+  Sent* slot = find_sent(from);
   on_heard(from, now);
-  merge(entries, sent);
+  if (!slot) {
+    merge(entries, {});
+    return;
+  }
+  merge(entries, slot->entries);
+  slot->to.clear();  // the slot is free again (its capacity kept)
+  slot->entries.clear();
 }
 
 // Cyclon's merge: skip self and known entries (keeping the younger age), fill empty slots,
@@ -87,9 +127,8 @@ void PeerSampling::on_shuffle_reply(const std::string& from, const std::vector<D
 void PeerSampling::merge(const std::vector<Descriptor>& received, const std::vector<Descriptor>& sent) {
   size_t replaceable = sent.size();  // entries sent to the other side, taken from the back
   for (const auto& d : received) {
-    if (d.address == self_ || d.address.empty() || retry_.count(d.address)) continue;
-    auto known = std::find_if(view_.begin(), view_.end(),
-                              [&](const Descriptor& v) { return v.address == d.address; });
+    if (d.address.empty() || same(d.address, self_) || (!retry_.empty() && retry_.count(d.address))) continue;
+    auto known = find_in_view(d.address);
     if (known != view_.end()) {
       known->age = std::min(known->age, d.age);
       continue;
@@ -100,8 +139,7 @@ void PeerSampling::merge(const std::vector<Descriptor>& received, const std::vec
     }
     while (replaceable > 0) {
       const std::string& victim = sent[--replaceable].address;
-      auto v = std::find_if(view_.begin(), view_.end(),
-                            [&](const Descriptor& x) { return x.address == victim; });
+      auto v = find_in_view(victim);
       if (v != view_.end()) {
         *v = d;
         break;
@@ -111,10 +149,9 @@ void PeerSampling::merge(const std::vector<Descriptor>& received, const std::vec
 }
 
 void PeerSampling::on_heard(const std::string& from, double now) {
-  if (from == self_ || from.empty()) return;
-  retry_.erase(from);
-  auto known = std::find_if(view_.begin(), view_.end(),
-                            [&](const Descriptor& v) { return v.address == from; });
+  if (from.empty() || same(from, self_)) return;
+  if (!retry_.empty()) retry_.erase(from);
+  auto known = find_in_view(from);
   if (known != view_.end()) {
     known->age = 0;
     return;
@@ -131,8 +168,11 @@ void PeerSampling::on_heard(const std::string& from, double now) {
 
 bool PeerSampling::on_peer_down(const std::string& address, double now) {
   if (address == self_) return false;
-  const bool was_in_view = std::erase_if(view_, [&](const Descriptor& d) { return d.address == address; }) > 0;
-  sent_.erase(address);
+  const bool was_in_view = std::erase_if(view_, [&](const Descriptor& d) { return same(d.address, address); }) > 0;
+  if (Sent* slot = find_sent(address)) {
+    slot->to.clear();
+    slot->entries.clear();
+  }
   retry_.try_emplace(address, Retry{now + retry_min_s_, retry_min_s_});
   return was_in_view;
 }
@@ -162,8 +202,10 @@ std::optional<std::string> PeerSampling::random_peer() {
 }
 
 std::vector<std::string> PeerSampling::sample(size_t k) {
+  random_indices(k, std::string());
   std::vector<std::string> out;
-  for (size_t i : random_indices(k, std::string())) out.push_back(view_[i].address);
+  out.reserve(idx_.size());
+  for (uint32_t i : idx_) out.push_back(view_[i].address);
   return out;
 }
 

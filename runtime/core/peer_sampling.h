@@ -76,15 +76,26 @@ class PeerSampling {
     double next_s;
     double backoff_s;
   };
+  // The entries last sent to one shuffle target; a slot with an empty address is free (kept
+  // with its capacity for the next shuffle: a simulated swarm shuffles every period of every
+  // peer).
+  struct Sent {
+    std::string to;
+    std::vector<Descriptor> entries;
+  };
   void merge(const std::vector<Descriptor>& received, const std::vector<Descriptor>& sent);
   std::vector<Descriptor> random_subset(size_t k, const std::string& exclude);
-  std::vector<size_t> random_indices(size_t k, const std::string& exclude);
+  // Fills idx_ with the chosen view indices.
+  void random_indices(size_t k, const std::string& exclude);
   void insert_or_refresh(const Descriptor& d);
+  Sent* find_sent(const std::string& to);
+  std::vector<Descriptor>::iterator find_in_view(const std::string& address);
 
   std::string self_;
   size_t capacity_, shuffle_len_;
   std::vector<Descriptor> view_;
-  std::map<std::string, std::vector<Descriptor>> sent_;  // last entries sent per shuffle target
+  std::vector<Sent> sent_;  // last entries sent per shuffle target (a few at most)
+  std::vector<uint32_t> idx_;  // scratch of random_indices
   std::map<std::string, Retry> retry_;
   double retry_min_s_, retry_max_s_;
   SmallRng rng_;

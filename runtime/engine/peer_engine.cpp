@@ -70,12 +70,18 @@ bool PeerEngine::accepts(const std::string& from) {
 
 void PeerEngine::on_view(double now, const std::string& from, bool reply, std::vector<Descriptor> entries,
                          EngineHost& host) {
+  on_view_lent(now, from, reply, entries, host);
+}
+
+void PeerEngine::on_view_lent(double now, const std::string& from, bool reply, std::vector<Descriptor>& entries,
+                              EngineHost& host) {
   Message msg;
   msg.from = from;
   msg.kind = reply ? MsgKind::kShuffleReply : MsgKind::kShuffle;
-  msg.entries = std::move(entries);
+  msg.entries.swap(entries);
   acts_.clear();
-  core_->message(now, msg, acts_);
+  core_->message(now, msg, acts_);  // a const Message: the entries are only read
+  entries.swap(msg.entries);
   handle(host);
 }
 
@@ -139,7 +145,7 @@ void PeerEngine::on_model(double now, const std::string& from, bool reply, uint6
   msg.version = version;
   msg.handle = ++next_handle_;
   msg.partition = part;
-  held_[msg.handle] = Held{std::move(bytes), payload_offset, part, checked};
+  held_.push_back(Held{msg.handle, std::move(bytes), payload_offset, part, checked});
   acts_.clear();
   core_->message(now, msg, acts_);
   handle(host);
@@ -167,6 +173,16 @@ void PeerEngine::merge(EngineHost& host, FrameBytes bytes, size_t payload_offset
     rejected_model("a peer", s);
   }
   if (bytes.use_count() == 1) host.recycle(std::move(*bytes));
+}
+
+bool PeerEngine::take_held(uint64_t handle, Held* out) {
+  for (size_t i = 0; i < held_.size(); ++i) {
+    if (held_[i].handle != handle) continue;
+    *out = std::move(held_[i]);
+    held_.erase(held_.begin() + static_cast<std::ptrdiff_t>(i));  // keeps arrival order
+    return true;
+  }
+  return false;
 }
 
 // The one executor of the core's actions.
@@ -200,20 +216,16 @@ void PeerEngine::handle(EngineHost& host) {
     } else if (auto* v = std::get_if<SendView>(&a)) {
       host.send_view(v->to, v->kind, v->entries);
     } else if (auto* d = std::get_if<Drop>(&a)) {
-      auto it = held_.find(d->handle);
-      if (it == held_.end()) continue;
-      FrameBytes b = std::move(it->second.bytes);
-      held_.erase(it);
-      if (b.use_count() == 1) host.recycle(std::move(*b));
+      Held h;
+      if (!take_held(d->handle, &h)) continue;
+      if (h.bytes.use_count() == 1) host.recycle(std::move(*h.bytes));
     } else if (auto* mg = std::get_if<MergeModel>(&a)) {
-      auto it = held_.find(mg->handle);
-      if (it == held_.end()) continue;
+      Held h;
+      if (!take_held(mg->handle, &h)) continue;
       const float w = mg->weight;
-      Held h = std::move(it->second);
-      held_.erase(it);
       const size_t off = slice_begin(h.partition);
       const size_t len = slice_begin(h.partition + 1) - off;
-      host.post([this, &host, b = std::move(h.bytes), po = h.payload_offset, off, len, w, ck = h.checked]() mutable {
+      run(host, [this, &host, b = std::move(h.bytes), po = h.payload_offset, off, len, w, ck = h.checked]() mutable {
         merge(host, std::move(b), po, off, len, w, ck);
       });
     } else if (auto* t = std::get_if<Train>(&a)) {
@@ -230,7 +242,7 @@ void PeerEngine::handle(EngineHost& host) {
       models::LrSchedule sched = opt_.schedule;
       sched.base = static_cast<float>(t->lr);
       const float lr = sched.lr(models::ScheduleClock{0, 0, clock_age});
-      host.post([this, &host, steps, lr, clock_age] {
+      run(host, [this, &host, steps, lr, clock_age] {
         Status st = host.train(steps, lr, clock_age);
         if (st.is_ok()) c_.train_steps += static_cast<uint64_t>(steps);
         else MYCEL_LOG_WARN("runtime", "training failed: {}", st.to_string());

@@ -91,6 +91,10 @@ class EngineHost {
   virtual void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries) = 0;
   // Compute: runs `task` after every task posted before it.
   virtual void post(std::function<void()> task) = 0;
+  // Whether post() runs each task at once on the calling thread (the simulator): the engine then
+  // calls the task itself rather than wrap it in a std::function (an allocation per merge and
+  // per training step).
+  virtual bool runs_inline() const { return false; }
   // Tasks posted and not yet finished (the training-skip policy looks at it).
   virtual size_t compute_backlog() const = 0;
   // Used from posted tasks only: `steps` SGD steps on this peer's model and data at rate lr.
@@ -130,6 +134,10 @@ class PeerEngine {
   // for a sender outside the membership of a D-PSGD or FedAvg experiment.
   bool accepts(const std::string& from);
   void on_view(double now, const std::string& from, bool reply, std::vector<Descriptor> entries, EngineHost& host);
+  // The same, lending the entries: `entries` comes back with its contents and its capacity (the
+  // simulator reuses a message's buffer rather than free it and allocate the next).
+  void on_view_lent(double now, const std::string& from, bool reply, std::vector<Descriptor>& entries,
+                    EngineHost& host);
   // A model frame: its header fields and its bytes, the payload starting at payload_offset.
   // With partitions, `version` is the slice index (as the live wire carries it).
   void on_model(double now, const std::string& from, bool reply, uint64_t age, uint64_t version,
@@ -157,6 +165,11 @@ class PeerEngine {
   PeerEngine(const EngineOptions& opt, std::unique_ptr<Protocol> core, const ParamStore* params, Device& dev,
              float* model, float* residual);
   void handle(EngineHost& host);
+  template <class F>
+  void run(EngineHost& host, F&& task) {
+    if (host.runs_inline()) task();
+    else host.post(std::function<void()>(std::forward<F>(task)));
+  }
   void merge(EngineHost& host, FrameBytes bytes, size_t payload_offset, size_t off, size_t len, float w,
              bool checked);
   void rejected_model(const std::string& from, const Status& s);  // counts; logs at a bounded rate
@@ -171,12 +184,16 @@ class PeerEngine {
   std::string codec_text_;      // the last parsed codec (loop only)
   CodecSpec codec_spec_;
   struct Held {
+    uint64_t handle = 0;
     FrameBytes bytes;
     size_t payload_offset = 0;
     uint32_t partition = 0;
     bool checked = false;  // the magnitude bound was checked on arrival (raw bodies)
   };
-  std::map<uint64_t, Held> held_;
+  // Payloads the core has not answered yet: a few at most (gossip answers at once; D-PSGD holds
+  // a round ahead), so a vector searched from the front, not a tree node per message.
+  std::vector<Held> held_;
+  bool take_held(uint64_t handle, Held* out);  // found: moved out and removed
   uint64_t next_handle_ = 0;
   std::vector<Action> acts_;
   double next_tick_ = std::numeric_limits<double>::infinity();

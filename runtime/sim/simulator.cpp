@@ -10,12 +10,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
-#include <queue>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -61,6 +61,12 @@ size_t rss_bytes() {
   return static_cast<size_t>(resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
 }
 
+double process_cpu_s() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 size_t available_memory() {
   // cgroup v2 limit when one is set, else physical memory.
   size_t phys = static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -97,8 +103,61 @@ struct Event {
   bool operator>(const Event& o) const { return t != o.t ? t > o.t : key > o.key; }
 };
 
+// The worker's event queue: a 4-ary min-heap on (time, key), the order std::priority_queue gave
+// (so a seed gives the same run), with half the levels of a binary heap and the four children
+// of a node in one or two cache lines.
+class EventHeap {
+ public:
+  bool empty() const { return v_.empty(); }
+  const Event& top() const { return v_.front(); }
+  void push(const Event& e) {
+    size_t i = v_.size();
+    v_.push_back(e);
+    while (i > 0) {
+      const size_t parent = (i - 1) / 4;
+      if (!(v_[parent] > e)) break;
+      v_[i] = v_[parent];
+      i = parent;
+    }
+    v_[i] = e;
+  }
+  void pop() {
+    const Event last = v_.back();
+    v_.pop_back();
+    const size_t n = v_.size();
+    if (n == 0) return;
+    size_t i = 0;
+    for (;;) {
+      const size_t c = 4 * i + 1;
+      if (c >= n) break;
+      size_t best = c;
+      const size_t end = std::min(c + 4, n);
+      for (size_t k = c + 1; k < end; ++k)
+        if (v_[best] > v_[k]) best = k;
+      if (!(last > v_[best])) break;
+      v_[i] = v_[best];
+      i = best;
+    }
+    v_[i] = last;
+  }
+  const std::vector<Event>& items() const { return v_; }
+  // The event after top() (the least of the root's children), or null.
+  const Event* second() const {
+    const size_t n = std::min<size_t>(v_.size(), 5);
+    if (n < 2) return nullptr;
+    size_t best = 1;
+    for (size_t k = 2; k < n; ++k)
+      if (v_[best] > v_[k]) best = k;
+    return &v_[best];
+  }
+
+ private:
+  std::vector<Event> v_;
+};
+
 struct Peer {
   std::unique_ptr<PeerEngine> engine;
+  const Protocol* core = nullptr;  // engine->core(), for prefetching
   uint32_t shard_off = 0, shard_n = 0, cursor = 0, orders = 0;
   uint32_t counter = 0;
   bool online = false, started = false;
@@ -123,6 +182,7 @@ class Worker final : public EngineHost {
   void send_model(const ModelSend& s) override;
   void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries) override;
   void post(std::function<void()> task) override { task(); }
+  bool runs_inline() const override { return true; }
   size_t compute_backlog() const override { return 0; }
   Status train(int steps, float lr, uint64_t age) override;
   CodecContext& decoder() override { return *dec_; }
@@ -147,10 +207,7 @@ class Worker final : public EngineHost {
   }
   ~Worker() override {
     // Messages still on the way when the run ends (in the queue or waiting at a window's end).
-    while (!q_.empty()) {
-      delete q_.top().msg;
-      q_.pop();
-    }
+    for (const Event& e : q_.items()) delete e.msg;
     for (const Event& e : outbox) delete e.msg;
     for (SimMsg* m : msgs_) delete m;
   }
@@ -184,7 +241,7 @@ class Worker final : public EngineHost {
   std::unique_ptr<CodecContext> enc_, dec_;
   Buffer<float> xb_, acc_;
   Buffer<int32_t> yb_;
-  std::priority_queue<Event, std::vector<Event>, std::greater<>> q_;
+  EventHeap q_;
   uint32_t cur_ = 0;  // the peer being run
   double now_ = 0;
   uint64_t seq_ = 0;
@@ -195,6 +252,10 @@ class Worker final : public EngineHost {
 struct Shared {
   const ExperimentConfig* cfg = nullptr;
   ParamStore params{RuntimeParams{}};
+  // One copy of the parameter set per worker, read by its peers' engines and cores: a shared
+  // one's reference count (ParamStore::get, several times per event) bounced between the cores.
+  std::vector<std::unique_ptr<ParamStore>> worker_params;
+  std::vector<std::string> addresses;  // "s:ID" of every peer, made once
   data::Split data;
   models::InputShape shape;
   std::vector<float> init;  // the initial model
@@ -251,8 +312,13 @@ Status Worker::train(int steps, float lr, uint64_t age) {
   sp.weight_decay = sh_.wd;
   for (int s = 0; s < steps; ++s) {
     if (p.cursor + rows > p.shard_n) {
-      data::Rng rng((sh_.cfg->seed * 1000003 + cur_) * 0x9E3779B97F4A7C15ull + p.orders++);
-      for (uint32_t i = p.shard_n; i > 1; --i) std::swap(shard[i - 1], shard[rng.below(i)]);
+      // A shard of one sample has one permutation: no generator to seed (an mt19937_64 seeding
+      // per step was a tenth of the 10,000-peer run, whose peers hold one sample each).
+      const uint64_t order = p.orders++;
+      if (p.shard_n > 1) {
+        data::Rng rng((sh_.cfg->seed * 1000003 + cur_) * 0x9E3779B97F4A7C15ull + order);
+        for (uint32_t i = p.shard_n; i > 1; --i) std::swap(shard[i - 1], shard[rng.below(i)]);
+      }
       p.cursor = 0;
     }
     MYCEL_CHECK(nn::gather_rows(*dev_, sh_.data.train.x.data(), sh_.data.train.y.data(), sh_.data.train.n,
@@ -428,30 +494,59 @@ void Worker::dispatch(const Event& e) {
       PeerCounters& c = p.engine->counters();
       ++c.frames_received;
       c.bytes_received += m->wire_bytes;
-      const std::string from = address(m->from);
+      const std::string& from = sh_.addresses[m->from];
       if (!p.engine->accepts(from)) break;
       if (m->model) {
         p.engine->on_model(now_, from, m->reply, m->age, m->version, m->param_count, std::move(m->bytes),
                            tp::kFrameHeaderBytes, *this);
       } else {
-        p.engine->on_view(now_, from, m->reply, std::move(m->entries), *this);
+        p.engine->on_view_lent(now_, from, m->reply, m->entries, *this);
       }
       break;
     }
     case EvKind::kFail:
       if (!p.online) return;
       ++p.engine->counters().send_failures;
-      p.engine->peer_down(now_, address(m->from), *this);
+      p.engine->peer_down(now_, sh_.addresses[m->from], *this);
       break;
   }
   schedule_tick(e.peer);
 }
 
+// Each event touches a peer's state in a 10,000-peer swarm that is not in the cache: the peer
+// of the event after next is fetched while this one runs, and its engine, protocol core and
+// model one event ahead, its Cyclon view just before it runs (hints only: events pushed meanwhile
+// may come first).
 void Worker::run_window(double end) {
   while (!q_.empty() && q_.top().t < end) {
     Event e = q_.top();
     q_.pop();
     ++events;
+    if (!q_.empty()) {
+      if (const Event* n2 = q_.second()) {
+        const char* peer = reinterpret_cast<const char*>(&peers()[n2->peer]);
+        __builtin_prefetch(peer);
+        __builtin_prefetch(peer + sizeof(Peer) - 1);
+      }
+      const uint32_t next = q_.top().peer;
+      const Peer& n1 = peers()[next];
+      const char* eng = reinterpret_cast<const char*>(n1.engine.get());
+      const char* core = reinterpret_cast<const char*>(n1.core);
+      for (int l = 0; l < 6; ++l) {
+        __builtin_prefetch(eng + 64 * l);
+        __builtin_prefetch(core + 64 * l);
+      }
+      // Its model (trained, encoded or merged into by most events).
+      const char* model = reinterpret_cast<const char*>(sh_.arena.data() + static_cast<size_t>(next) * sh_.P);
+      for (size_t b = 0; b < sh_.P * sizeof(float) && b < 1024; b += 64) __builtin_prefetch(model + b);
+      if (q_.top().msg) __builtin_prefetch(q_.top().msg);
+    }
+    // This event's Cyclon view (its core was fetched one event ago): searched by most events.
+    if (const PeerSampling* ps = peers()[e.peer].core->sampling()) {
+      const char* v = reinterpret_cast<const char*>(ps->view().data());
+      const size_t bytes = ps->view().size() * sizeof(Descriptor);
+      for (size_t b = 0; b < bytes && b < 1024; b += 64) __builtin_prefetch(v + b);
+    }
     dispatch(e);
   }
 }
@@ -586,24 +681,34 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
   const size_t rss_after_arena = rss_bytes();
   part = {};
 
+  // Peers to workers in contiguous blocks.
+  sh->owner_begin.resize(static_cast<size_t>(threads) + 1);
+  for (int w = 0; w <= threads; ++w) sh->owner_begin[static_cast<size_t>(w)] = static_cast<uint32_t>(N * static_cast<size_t>(w) / static_cast<size_t>(threads));
+  for (int w = 0; w < threads; ++w) {
+    sh->worker_params.push_back(std::make_unique<ParamStore>(RuntimeParams{}));
+    MYCEL_CHECK(sh->worker_params.back()->replace(cfg.params));
+  }
+  sh->addresses.reserve(N);
+  for (size_t p = 0; p < N; ++p) sh->addresses.push_back(address(static_cast<uint32_t>(p)));
+
   // Engines. Fixed-membership protocols share one address list.
   std::shared_ptr<const std::vector<std::string>> members;
   if (!gossip) {
     auto all = std::make_shared<std::vector<std::string>>();
     all->reserve(N);
-    for (size_t p = 0; p < N; ++p) all->push_back(address(static_cast<uint32_t>(p)));
+    for (size_t p = 0; p < N; ++p) all->push_back(sh->addresses[p]);
     members = all;
   }
   const int seeds = cfg.sim.seeds > 0 ? cfg.sim.seeds : cfg.protocol.view_size;
   for (size_t p = 0; p < N; ++p) {
     ProtocolOptions po;
-    po.self = address(static_cast<uint32_t>(p));
+    po.self = sh->addresses[p];
     if (gossip) {
       SmallRng r(cfg.seed * 31 + p);
       for (int k = 0; k < seeds && N > 1; ++k) {
         uint32_t q = static_cast<uint32_t>(r.below(N - 1));
         if (q >= p) ++q;
-        po.seeds.push_back(address(q));
+        po.seeds.push_back(sh->addresses[q]);
       }
     } else {
       po.peers = *members;
@@ -622,7 +727,8 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
     po.local_samples = sh->peers[p].shard_n;
     po.batch = cfg.train.batch;
     po.partitions = gossip ? cfg.protocol.partitions : 1;
-    MYCEL_ASSIGN_OR_RETURN(auto core, make_protocol(proto, po, &sh->params));
+    const ParamStore* params = sh->worker_params[static_cast<size_t>(sh->worker_of(static_cast<uint32_t>(p)))].get();
+    MYCEL_ASSIGN_OR_RETURN(auto core, make_protocol(proto, po, params));
     EngineOptions eo;
     eo.id = static_cast<int>(p);
     eo.protocol = proto;
@@ -631,18 +737,16 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
     eo.members = members;
     eo.schedule = sh->sched;
     MYCEL_ASSIGN_OR_RETURN(sh->peers[p].engine,
-                           PeerEngine::create(eo, std::move(core), &sh->params, *sh->dev,
+                           PeerEngine::create(eo, std::move(core), params, *sh->dev,
                                               sh->arena.data() + p * sh->P,
                                               want_residual ? sh->residuals.data() + p * sh->P : nullptr));
+    sh->peers[p].core = &sh->peers[p].engine->core();
   }
   (void)rss_before_arena;
   (void)rss0;
   const size_t rss_peers = rss_bytes();
   res.bytes_per_peer = rss_peers > rss_after_arena ? (rss_peers - rss_after_arena) / N : 0;
 
-  // Peers to workers in contiguous blocks.
-  sh->owner_begin.resize(static_cast<size_t>(threads) + 1);
-  for (int w = 0; w <= threads; ++w) sh->owner_begin[static_cast<size_t>(w)] = static_cast<uint32_t>(N * static_cast<size_t>(w) / static_cast<size_t>(threads));
 
   // Churn transitions are events; a peer starts (engine start()) when it is first online.
   for (size_t p = 0; p < N; ++p) {
@@ -755,6 +859,7 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
   };
   // The run: windows of at most the lookahead, the workers in parallel inside each.
   const auto t_run = Clock::now();
+  const double cpu_run = process_cpu_s();
   double window_end = 0;
   std::atomic<bool> done{false};
   std::barrier sync(threads);
@@ -826,6 +931,7 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
   for (FILE* f : csv) std::fclose(f);
   MYCEL_CHECK(failed);
   res.wall_s = std::chrono::duration<double>(Clock::now() - t_run).count();
+  res.cpu_s = process_cpu_s() - cpu_run;
   res.eval_wall_s = eval_wall;
   std::map<std::string, uint64_t> by_codec;
   for (auto& w : sh->workers) {
@@ -871,6 +977,7 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
     j["seed"] = cfg.seed;
     j["sim_time_s"] = res.sim_time_s;
     j["wall_s"] = res.wall_s;
+    j["cpu_s"] = res.cpu_s;
     j["setup_s"] = res.setup_s;
     j["eval_wall_s"] = res.eval_wall_s;
     j["train_wall_s"] = res.train_wall_s;

@@ -45,6 +45,9 @@ struct SimResult {
   size_t peers = 0;
   int threads = 1;
   double sim_time_s = 0, wall_s = 0, setup_s = 0, eval_wall_s = 0, train_wall_s = 0;
+  // CPU time (user + sys) of the whole process during the run (setup excluded): on a shared
+  // machine the wall time says how busy the cores were, this says what the run cost.
+  double cpu_s = 0;
   uint64_t events = 0, node_rounds = 0, models_sent = 0, merges = 0, train_steps = 0;
   uint64_t bytes_sent = 0, model_bytes_sent = 0;
   uint64_t lost_loss = 0, lost_sender_offline = 0, lost_receiver_offline = 0;
