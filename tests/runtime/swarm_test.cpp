@@ -281,6 +281,40 @@ TEST(Swarm, RunExitsNonZeroNamingAKilledPeer) {
   EXPECT_EQ(json_number(summary, "finished"), 2);
 }
 
+// A peer that hangs (here: stopped with SIGSTOP) must not keep `mycel run` waiting for ever: it
+// is stopped max(30 s, duration / 4) + protocol.startup_timeout_s after run.duration_s, named,
+// and the run exits non-zero.
+TEST(Swarm, RunStopsAHungPeerAfterItsDurationAndNamesIt) {
+  REQUIRE_RUNTIME();
+  fs::path dir = temp_dir("run-hung");
+  std::ofstream(dir / "c.yaml") << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                                   "protocol:\n  period_s: 0.3\n  peer_timeout_s: 2\n  startup_timeout_s: 1\n"
+                                   "peers:\n  count: 3\nrun:\n  duration_s: 3\neval:\n  every_s: 1\noutput: "
+                                << (dir / "runs").string() << "\n";
+  pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string()}, (dir / "run.log").string());
+  pid_t victim = -1;
+  for (int tries = 0; tries < 100 && victim < 0; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::istringstream kids(slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children"));
+    for (pid_t k; kids >> k;) {
+      std::string cmd = slurp("/proc/" + std::to_string(k) + "/cmdline");
+      if (cmd.find(std::string("--id\0001\0", 7)) != std::string::npos) victim = k;
+    }
+  }
+  ASSERT_GT(victim, 0) << "no peer 1 among the children of mycel run";
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  kill(victim, SIGSTOP);
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(wait_exit(pid), 1) << slurp((dir / "run.log").string());
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::string log = slurp((dir / "run.log").string());
+  EXPECT_NE(log.find("1 of 3 peers failed"), std::string::npos) << log;
+  EXPECT_NE(log.find("peer 1 (did not stop by itself 31 s after run.duration_s"), std::string::npos) << log;
+  // duration 3 s + 31 s, then SIGKILL 15 s after the ignored SIGTERM; not much more.
+  EXPECT_GT(waited, 30.0);
+  EXPECT_LT(waited, 120.0);
+}
+
 }  // namespace
 
 namespace {
