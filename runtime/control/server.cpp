@@ -130,6 +130,45 @@ std::vector<Event> EventRing::since(uint64_t after, double wait_s, const std::at
   return out;
 }
 
+// ---- PUT /params, without the socket ----
+ParamsUpdate parse_params_update(std::string_view body_text, const runtime::RuntimeParams& current) {
+  ParamsUpdate u;
+  json body = json::parse(body_text.begin(), body_text.end(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    u.error = "the body is not JSON";
+    return u;
+  }
+  if (!body.is_object() || body.empty()) {
+    u.error = "expected a JSON object of live keys, e.g. {\"codec.spec\": \"topk:0.01\"}";
+    return u;
+  }
+  for (const auto& [k, v] : body.items()) {
+    std::string text;
+    if (v.is_string()) text = v.get<std::string>();
+    else if (v.is_boolean()) text = v.get<bool>() ? "true" : "false";
+    else if (v.is_number()) text = v.dump();
+    else {
+      u.error = "key '" + k + "': expected a string, number or boolean";
+      u.key = k;
+      return u;
+    }
+    u.changes.emplace_back(k, std::move(text));
+  }
+  runtime::RuntimeParams next = current;
+  for (const auto& c : u.changes) {  // one at a time, so the error names its key
+    auto r = runtime::apply_param_changes(next, {c});
+    if (!r) {
+      u.error = r.status().message();
+      u.key = c.first;
+      return u;
+    }
+    next = std::move(r).value();
+  }
+  u.params = std::move(next);
+  u.ok = true;
+  return u;
+}
+
 // ---- hooks, options, tokens ----
 ControlHooks ControlHooks::for_param_store(runtime::ParamStore& store, std::atomic<bool>* stop_flag) {
   ControlHooks h;
@@ -270,27 +309,12 @@ struct ControlServer::Impl {
     svr.Put("/params", [this](const httplib::Request& req, httplib::Response& res) {
       if (!authorized(req, res)) return;
       if (!hooks.get_params || !hooks.set_params) return fail(res, 501, "this peer's parameters cannot be changed");
-      json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
-      if (body.is_discarded()) return fail(res, 400, "the body is not JSON");
-      if (!body.is_object() || body.empty())
-        return fail(res, 400, "expected a JSON object of live keys, e.g. {\"codec.spec\": \"topk:0.01\"}");
-      std::vector<std::pair<std::string, std::string>> changes;
-      for (const auto& [k, v] : body.items()) {
-        std::string text;
-        if (v.is_string()) text = v.get<std::string>();
-        else if (v.is_boolean()) text = v.get<bool>() ? "true" : "false";
-        else if (v.is_number()) text = v.dump();
-        else return fail(res, 400, "key '" + k + "': expected a string, number or boolean", k);
-        changes.emplace_back(k, std::move(text));
-      }
       std::lock_guard lk(set_mu);
       auto [cur, ver] = hooks.get_params();
-      runtime::RuntimeParams next = cur;
-      for (const auto& c : changes) {  // one at a time, so the error names its key
-        auto r = runtime::apply_param_changes(next, {c});
-        if (!r) return fail(res, 400, r.status().message(), c.first);
-        next = std::move(r).value();
-      }
+      ParamsUpdate u = parse_params_update(req.body, cur);
+      if (!u.ok) return fail(res, 400, u.error, u.key);
+      const runtime::RuntimeParams& next = u.params;
+      const auto& changes = u.changes;
       auto v = hooks.set_params(next);
       if (!v) return fail(res, 400, v.status().message());
       std::string what;
