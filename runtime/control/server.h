@@ -143,6 +143,7 @@ class ControlServer {
   std::string url() const;  // "http://HOST:PORT"
   void stop();
   uint64_t rejected_connections() const;  // answered 503 for the connection cap
+  uint64_t listen_restarts() const;       // times the listening socket failed and was reopened
 
   // Writes out_dir/control-ID.json ({"peer", "url", "pid", "token_file"}), atomically: how
   // `mycel ctl RUN_DIR` and `mycel top RUN_DIR` find the peers of a run.
