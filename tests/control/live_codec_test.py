@@ -9,13 +9,19 @@ CSV, control endpoints on), then `mycel ctl RUN set codec.spec=topk:0.01` mid-ru
   the change are under half of those before (int8 of 650 parameters against 1% of them);
 - `mycel ctl stop` ends the run cleanly (exit 0, every peer-ID.json written);
 - scripts/plot.py (when matplotlib is there) writes its plots of the run, the change marked.
+With --capture DIR (not used by ctest; for a transcript), it also runs `mycel top RUN` in tmux
+and a real Prometheus scraping the run's file_sd list, and writes into DIR the pane before and
+after the change (top-before.txt, top-after.txt) and the Prometheus query results
+(prometheus.txt; each query of scripts/grafana/mycel-dashboard.json, $run as .*).
 Exit 77 (skipped, reason printed) when the digits data or UCX loopback is absent.
-  live_codec_test.py --mycel BIN --source DIR [--keep DIR]"""
+  live_codec_test.py --mycel BIN --source DIR [--keep DIR] [--capture DIR]"""
 import argparse
 import csv
 import glob
 import json
 import os
+import socket
+import urllib.parse
 import shutil
 import subprocess
 import sys
@@ -27,6 +33,80 @@ import urllib.request
 def get(url, path):
     with urllib.request.urlopen(url + path, timeout=10) as r:
         return r.read().decode()
+
+
+class Capture:
+    """`mycel top` in tmux and a Prometheus server on the run (--capture)."""
+
+    def __init__(self, out, mycel, run, source):
+        self.out, self.procs = out, []
+        os.makedirs(out, exist_ok=True)
+        self.tmux = ["tmux", "-L", f"mycel-live-{os.getpid()}", "-f", "/dev/null"]
+        subprocess.run(self.tmux + ["new-session", "-d", "-s", "top", "-x", "132", "-y", "16",
+                                    f"{mycel} top {run}"], check=True)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        work = os.path.join(out, "prometheus")
+        os.makedirs(work, exist_ok=True)
+        cfg = os.path.join(work, "prometheus.yml")
+        with open(cfg, "w") as f:
+            f.write(f"""global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: mycel
+    scrape_interval: 1s
+    file_sd_configs:
+      - files: ['{run}/prometheus-targets.json']
+        refresh_interval: 1s
+""")
+        log = open(os.path.join(work, "prometheus.log"), "w")
+        self.procs.append(subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={work}/data",
+                                            f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log, stderr=log))
+        with open(os.path.join(source, "scripts/grafana/mycel-dashboard.json")) as f:
+            self.dashboard = json.load(f)
+
+    def pane(self, name):
+        text = subprocess.run(self.tmux + ["capture-pane", "-p", "-t", "top"], capture_output=True, text=True).stdout
+        with open(os.path.join(self.out, name), "w") as f:
+            f.write(text)
+        print(f"--- {name}\n{text}")
+
+    def query(self, q):
+        u = f"http://127.0.0.1:{self.port}/api/v1/query?query=" + urllib.parse.quote(q)
+        with urllib.request.urlopen(u, timeout=5) as r:
+            return json.load(r)["data"]["result"]
+
+    def prometheus(self):
+        lines = []
+        exprs = [(p["title"], t["expr"]) for p in self.dashboard["panels"] for t in p["targets"]]
+        exprs += [("annotation", an["expr"]) for an in self.dashboard["annotations"]["list"]]
+        exprs.append(("raw", "mycel_model_sent_bytes_by_codec_total"))
+        for title, e in exprs:
+            q = e.replace("$__rate_interval", "5s").replace('=~"$run"', '=~".*"')
+            try:
+                res = self.query(q)
+            except OSError as err:
+                res = f"error {err}"
+            lines.append(f"# {title}\n{q}")
+            for s in res if isinstance(res, list) else []:
+                m = {k: v for k, v in s["metric"].items() if k in ("peer", "codec", "link")}
+                lines.append(f"  {m} {s['value'][1]}")
+            if not isinstance(res, list) or not res:
+                lines.append(f"  (no series) {res if not isinstance(res, list) else ''}")
+        text = "\n".join(lines) + "\n"
+        with open(os.path.join(self.out, "prometheus.txt"), "w") as f:
+            f.write(text)
+        print("--- prometheus.txt\n" + text)
+
+    def close(self):
+        subprocess.run(self.tmux + ["send-keys", "-t", "top", "q"], capture_output=True)
+        time.sleep(0.5)
+        subprocess.run(self.tmux + ["kill-server"], capture_output=True)
+        for p in self.procs:
+            p.terminate()
+            p.wait(timeout=20)
 
 
 def rate_before_after(rows, key):
@@ -47,6 +127,7 @@ def main():
     ap.add_argument("--mycel", required=True)
     ap.add_argument("--source", required=True, help="the source tree (data/, examples/, scripts/)")
     ap.add_argument("--keep", help="copy the run folder here (the plots included)")
+    ap.add_argument("--capture", help="also capture `mycel top` (tmux) and Prometheus query results here")
     a = ap.parse_args()
     data = os.path.join(a.source, "data/digits/digits.csv.gz")
     if not os.path.exists(data):
@@ -54,6 +135,7 @@ def main():
         return 77
     work = tempfile.mkdtemp(prefix="mycel-live-codec-")
     swarm = None
+    cap = None
     try:
         cmd = [a.mycel, "run", os.path.join(a.source, "examples/digits-csv.yaml"),
                "--set", f"data.dataset=csv:{data}", "--set", "peers.count=3", "--set", "protocol.period_s=0.2",
@@ -88,6 +170,10 @@ def main():
         else:
             raise AssertionError("no baseline: models sent or CSV rows missing")
         v0 = {p: json.loads(get(u, "/params"))["version"] for p, u in urls.items()}
+        if a.capture:
+            cap = Capture(a.capture, a.mycel, run, a.source)
+            time.sleep(6)  # Prometheus scrapes the int8 baseline; top has two samples
+            cap.pane("top-before.txt")
 
         r = subprocess.run([a.mycel, "ctl", run, "set", "codec.spec=topk:0.01"], capture_output=True, text=True,
                            timeout=30)
@@ -116,6 +202,11 @@ def main():
         assert top.stdout.count("topk:0.01") >= 3, top.stdout
 
         time.sleep(6)  # after rows under the new codec
+        if cap:
+            cap.pane("top-after.txt")
+            cap.prometheus()
+            cap.close()
+            cap = None
         r = subprocess.run([a.mycel, "ctl", run, "stop"], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r
         rc = swarm.wait(timeout=40)
@@ -152,6 +243,8 @@ def main():
         print("PASS")
         return 0
     finally:
+        if cap:
+            cap.close()
         if swarm and swarm.poll() is None:
             swarm.terminate()
             try:
