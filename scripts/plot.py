@@ -9,8 +9,9 @@ against time (bytes_per_s.png), and the spread across peers at the end.
 Several run folders are overlaid, labelled by their summary.json (protocol, codec, partition),
 so gossip learning, FedAvg and other settings compare on one plot. A change of the live
 parameters (a new params_version or codec in a peer's CSV: `mycel ctl RUN set ...`) is a dotted
-line on the accuracy and bytes per second against time plots, labelled with the codec then in
-force, and printed ("change at T s: params version V, codec C").
+line on the accuracy and bytes per second against time plots where the first peer's CSV shows
+it, with a band back to that peer's previous row (the change happened in between), labelled with
+the codec then in force, and printed ("change at T s (after T0 s): params version V, codec C").
 """
 import argparse
 import csv
@@ -48,15 +49,15 @@ def param_changes(peers):
     peer's CSV rows): the first peer to show each change, with what it changed to."""
     seen = {}
     for p in peers:
-        prev = None
+        prev, t_prev = None, 0.0
         for r in p:
             cur = (r.get("params_version", ""), r.get("codec", ""))
+            t = float(r["time_s"])
             if prev is not None and cur != prev:
-                t = float(r["time_s"])
-                if cur not in seen or t < seen[cur]:
-                    seen[cur] = t
-            prev = cur
-    return sorted((t, version, codec) for (version, codec), t in seen.items())
+                if cur not in seen or t < seen[cur][0]:
+                    seen[cur] = (t, t_prev)
+            prev, t_prev = cur, t
+    return sorted((t, t_prev, version, codec) for (version, codec), (t, t_prev) in seen.items())
 
 
 def rates(rows, key):
@@ -70,7 +71,9 @@ def rates(rows, key):
 
 
 def mark_changes(ax, changes):
-    for t, _, codec in changes:
+    for t, t_prev, _, codec in changes:
+        # The change happened after the peer's previous row and by this one: the band.
+        ax.axvspan(t_prev, t, color="grey", alpha=0.12, linewidth=0)
         ax.axvline(t, color="grey", linestyle=":", linewidth=1)
         ax.annotate(f"params: {codec}", (t, ax.get_ylim()[0]), rotation=90, fontsize=7, color="grey",
                     va="bottom", ha="right")
@@ -114,8 +117,8 @@ def main():
         # Parameter changes (mycel ctl set, a scheduler): a dotted line where they first show.
         changes = param_changes(peers)
         mark_changes(ax, changes)
-        for t, version, codec in changes:
-            print(f"plot.py: {label}: change at {t:g} s: params version {version}, codec {codec}")
+        for t, t_prev, version, codec in changes:
+            print(f"plot.py: {label}: change at {t:g} s (after {t_prev:g} s): params version {version}, codec {codec}")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("test accuracy (mean, min-max band)")
     ax.grid(alpha=0.3)
