@@ -253,6 +253,7 @@ struct ControlServer::Impl {
   std::atomic<bool> listener_done{false};
   std::atomic<uint64_t> rejected{0};
   std::atomic<uint64_t> listen_restarts{0};
+  std::atomic<uint64_t> refused{0};
   std::mutex set_mu;  // one PUT /params at a time
   bool open_reads = true;
 
@@ -421,6 +422,13 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(ServerOptions opt, C
   // Without it a keep-alive client (Prometheus, `mycel top`) waits out the delayed ACK on every
   // answer written in two parts: 40 ms a request on Linux loopback (measured: 22 requests/s).
   p->svr.set_tcp_nodelay(true);
+  // Called before every answer of status 400 and above is written (cpp-httplib's own 400, 413
+  // and 414 included), so the count is up to date when the client reads the answer.
+  p->svr.set_error_handler(httplib::Server::HandlerWithResponse(
+      [p](const httplib::Request&, httplib::Response& res) {
+        if (res.status >= 400 && res.status < 500) ++p->refused;
+        return httplib::Server::HandlerResponse::Unhandled;
+      }));
   p->svr.new_task_queue = [p] { return new CappedPool(static_cast<size_t>(p->opt.max_connections), &p->rejected); };
   p->routes();
   if (p->opt.port == 0) {
@@ -476,6 +484,7 @@ void ControlServer::stop() {
 int ControlServer::port() const { return impl_->port; }
 uint64_t ControlServer::rejected_connections() const { return impl_->rejected.load(); }
 uint64_t ControlServer::listen_restarts() const { return impl_->listen_restarts.load(); }
+uint64_t ControlServer::refused_requests() const { return impl_->refused.load(); }
 
 std::string ControlServer::url() const {
   const std::string& h = impl_->opt.host;

@@ -144,6 +144,8 @@ class ControlServer {
   void stop();
   uint64_t rejected_connections() const;  // answered 503 for the connection cap
   uint64_t listen_restarts() const;       // times the listening socket failed and was reopened
+  // Requests answered 4xx (malformed, invalid, no or wrong token, over the size limit, ...).
+  uint64_t refused_requests() const;
 
   // Writes out_dir/control-ID.json ({"peer", "url", "pid", "token_file"}), atomically: how
   // `mycel ctl RUN_DIR` and `mycel top RUN_DIR` find the peers of a run.

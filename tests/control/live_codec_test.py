@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """End to end on real peers: `mycel run` (3 peers gossiping a logistic regression on the digits
 CSV, control endpoints on), then `mycel ctl RUN set codec.spec=topk:0.01` mid-run. Checked:
+- a refused change (codec.spec=topk:7) names each peer and the key, exits 1, changes no
+  version, and is counted in each peer's mycel_control_refused_total;
 - ctl set answers for every peer with the new version, and exits 0;
 - each peer's GET /params shows the new codec, and its GET /metrics shows
   mycel_codec_info{codec="topk:0.01"} and model bytes sent under codec="topk:0.01";
@@ -174,6 +176,19 @@ def main():
             cap = Capture(a.capture, a.mycel, run, a.source)
             time.sleep(6)  # Prometheus scrapes the int8 baseline; top has two samples
             cap.pane("top-before.txt")
+
+        # A refused change: each peer named with the key, nothing changed, the refusal counted.
+        r = subprocess.run([a.mycel, "ctl", run, "set", "codec.spec=topk:7"], capture_output=True, text=True,
+                           timeout=30)
+        print("$ mycel ctl RUN set codec.spec=topk:7\n" + r.stdout + r.stderr, flush=True)
+        assert r.returncode == 1, r
+        for p in urls:
+            assert f"peer {p} refused: HTTP 400" in r.stderr and "codec.spec" in r.stderr, (p, r.stderr)
+            assert json.loads(get(urls[p], "/params"))["version"] == v0[p]
+        end = time.time() + 10
+        while not all(f'mycel_control_refused_total{{peer="{p}"}} 1\n' in get(u, "/metrics") for p, u in urls.items()):
+            assert time.time() < end, "the refusal is not counted in /metrics"
+            time.sleep(0.2)
 
         r = subprocess.run([a.mycel, "ctl", run, "set", "codec.spec=topk:0.01"], capture_output=True, text=True,
                            timeout=30)

@@ -119,6 +119,10 @@ TEST_F(ControlServerTest, SetParamsValidInvalidAndWithoutToken) {
     EXPECT_EQ(r.status, 400) << junk << " -> " << r.body;
   }
   EXPECT_EQ(store.version(), 1u);
+  // Each refusal counted (401, 403, six bad changes, four junk bodies), reads not.
+  EXPECT_EQ(srv->refused_requests(), 12u);
+  EXPECT_EQ(request(anon, "GET", "/status").status, 200);
+  EXPECT_EQ(srv->refused_requests(), 12u);
   EXPECT_EQ(store.get()->codec, "int8");
 
   r = request(ep, "PUT", "/params", body);
@@ -145,6 +149,7 @@ TEST_F(ControlServerTest, BodyOverTheLimitIs413AndChangesNothing) {
   auto r = request(ep, "PUT", "/params", big);
   EXPECT_EQ(r.status, 413) << r.why();
   EXPECT_EQ(store.version(), 1u);
+  EXPECT_EQ(srv->refused_requests(), 1u);  // cpp-httplib's own 413 is counted too
   EXPECT_EQ(request(ep, "PUT", "/params", R"({"codec.spec": "fp16"})").status, 200);
 }
 
