@@ -2,6 +2,7 @@
 # Fuzzes the parsers of untrusted bytes for a bounded time each:
 #   frame  the frame decoder (transport/fuzz/frame_fuzz.cpp)
 #   csv    the csv: data reader and the .npy header parser (models/fuzz/csv_fuzz.cpp)
+#   params the control endpoint's PUT /params body check (runtime/control/fuzz/params_fuzz.cpp)
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   (default 60 seconds per target, all targets)
 # Builds the `fuzz` CMake preset (clang, libFuzzer, ASan + UBSan), writes each target's seed
 # corpus (MYCEL_FUZZ_WRITE_CORPUS), then runs the fuzzer with leak detection.
@@ -17,7 +18,7 @@ case "$seconds" in
 esac
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(frame csv)
+[ ${#targets[@]} -eq 0 ] && targets=(frame csv params)
 build="${MYCEL_FUZZ_BUILD_DIR:-build/fuzz}"
 
 if ! command -v clang++ >/dev/null 2>&1; then
@@ -26,19 +27,21 @@ if ! command -v clang++ >/dev/null 2>&1; then
 fi
 
 # max_len per target: frames are the 64-byte header plus the seeds' largest payload (4 KiB)
-# with room to grow; CSV inputs stay small so that each run is quick and the corpus varied.
+# with room to grow; CSV inputs stay small so that each run is quick and the corpus varied;
+# PUT /params bodies are a few live keys (the endpoint's own limit, 64 KiB, is tested elsewhere).
 max_len() {
   case "$1" in
     frame) echo 8192 ;;
     csv) echo 4096 ;;
+    params) echo 2048 ;;
   esac
 }
 
 bins=()
 for t in "${targets[@]}"; do
   case "$t" in
-    frame|csv) bins+=("${t}_fuzz") ;;
-    *) echo "fuzz.sh: unknown target '$t' (frame, csv)" >&2; exit 2 ;;
+    frame|csv|params) bins+=("${t}_fuzz") ;;
+    *) echo "fuzz.sh: unknown target '$t' (frame, csv, params)" >&2; exit 2 ;;
   esac
 done
 

@@ -4,11 +4,14 @@
   scripts/plot.py RUN_DIR [RUN_DIR ...] [--out DIR]
 
 For each run: accuracy against time (mean and min-max band across peers), accuracy against
-bytes sent (mean over peers, bytes summed over peers), and the spread across peers at the end.
+bytes sent (mean over peers, bytes summed over peers), bytes sent per second by each peer
+against time (bytes_per_s.png), and the spread across peers at the end.
 Several run folders are overlaid, labelled by their summary.json (protocol, codec, partition),
 so gossip learning, FedAvg and other settings compare on one plot. A change of the live
-parameters (a new params_version or codec in a peer's CSV) is a dotted line on the accuracy
-against time plot, labelled with the codec then in force.
+parameters (a new params_version or codec in a peer's CSV: `mycel ctl RUN set ...`) is a dotted
+line on the accuracy and bytes per second against time plots where the first peer's CSV shows
+it, with a band back to that peer's previous row (the change happened in between), labelled with
+the codec then in force, and printed ("change at T s (after T0 s): params version V, codec C").
 """
 import argparse
 import csv
@@ -46,15 +49,34 @@ def param_changes(peers):
     peer's CSV rows): the first peer to show each change, with what it changed to."""
     seen = {}
     for p in peers:
-        prev = None
+        prev, t_prev = None, 0.0
         for r in p:
             cur = (r.get("params_version", ""), r.get("codec", ""))
+            t = float(r["time_s"])
             if prev is not None and cur != prev:
-                t = float(r["time_s"])
-                if cur not in seen or t < seen[cur]:
-                    seen[cur] = t
-            prev = cur
-    return sorted((t, codec) for (_, codec), t in seen.items())
+                if cur not in seen or t < seen[cur][0]:
+                    seen[cur] = (t, t_prev)
+            prev, t_prev = cur, t
+    return sorted((t, t_prev, version, codec) for (version, codec), (t, t_prev) in seen.items())
+
+
+def rates(rows, key):
+    """(time, per-second rate of counter `key`) between consecutive CSV rows, at the later row."""
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        dt = float(b["time_s"]) - float(a["time_s"])
+        if dt > 0:
+            out.append((float(b["time_s"]), (float(b[key]) - float(a[key])) / dt))
+    return out
+
+
+def mark_changes(ax, changes):
+    for t, t_prev, _, codec in changes:
+        # The change happened after the peer's previous row and by this one: the band.
+        ax.axvspan(t_prev, t, color="grey", alpha=0.12, linewidth=0)
+        ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"params: {codec}", (t, ax.get_ylim()[0]), rotation=90, fontsize=7, color="grey",
+                    va="bottom", ha="right")
 
 
 def binned(peers, key, bins=60):
@@ -93,10 +115,10 @@ def main():
         ax.plot([x[0] for x in s], [x[1] for x in s], label=label)
         ax.fill_between([x[0] for x in s], [x[2] for x in s], [x[3] for x in s], alpha=0.2)
         # Parameter changes (mycel ctl set, a scheduler): a dotted line where they first show.
-        for t, codec in param_changes(peers):
-            ax.axvline(t, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(f"params: {codec}", (t, ax.get_ylim()[0]), rotation=90, fontsize=7, color="grey",
-                        va="bottom", ha="right")
+        changes = param_changes(peers)
+        mark_changes(ax, changes)
+        for t, t_prev, version, codec in changes:
+            print(f"plot.py: {label}: change at {t:g} s (after {t_prev:g} s): params version {version}, codec {codec}")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("test accuracy (mean, min-max band)")
     ax.grid(alpha=0.3)
@@ -117,6 +139,22 @@ def main():
     fig.savefig(os.path.join(out, "accuracy_vs_bytes.png"), dpi=120)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, peers) in enumerate(runs):
+        for j, p in enumerate(peers):
+            r = rates(p, "bytes_sent")
+            ax.step([x[0] for x in r], [x[1] / 1e3 for x in r], where="pre", color=colors[i % len(colors)],
+                    linewidth=1, alpha=0.7, label=label if j == 0 else None)
+    for label, peers in runs:
+        mark_changes(ax, param_changes(peers))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("bytes sent per second, each peer (kB/s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "bytes_per_s.png"), dpi=120)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, peers) in enumerate(runs):
         final = [float(p[-1]["test_accuracy"]) for p in peers]
         ax.scatter([i] * len(final), final, alpha=0.6, label=label)
@@ -128,7 +166,7 @@ def main():
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "spread.png"), dpi=120)
-    print(f"plot.py: wrote accuracy_vs_time.png, accuracy_vs_bytes.png, spread.png to {out}")
+    print(f"plot.py: wrote accuracy_vs_time.png, accuracy_vs_bytes.png, bytes_per_s.png, spread.png to {out}")
     return 0
 
 

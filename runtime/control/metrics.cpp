@@ -110,6 +110,9 @@ const std::vector<MetricDef> kTable = [] {
       peer("sender_mismatches", "mycel_sender_mismatches_total", K::kCounter, "",
            "frames whose header sender id is not the authenticated peer's (D-PSGD, FedAvg)", "", 0,
            PU(sender_mismatches)),
+      peer("control_refused", "mycel_control_refused_total", K::kCounter, "",
+           "control endpoint requests refused (4xx: malformed, invalid, no or wrong token, too large) and "
+           "connections over control.max_connections (503)", "", 0, PU(control_refused)),
   };
   t.insert(t.end(), more.begin(), more.end());
   MetricDef ev = base("eval_seconds", "mycel_eval_seconds", K::kHistogram, S::kPeer, "seconds",

@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -111,6 +112,20 @@ struct ServerOptions {
 Result<std::string> load_or_create_token(const std::string& token_file, const std::string& out_dir,
                                          std::string* path_out = nullptr);
 
+// PUT /params without the socket: a request body checked against the live set in force. ok:
+// `params` is the whole new set and `changes` the body's keys as config text, in body order.
+// Else `error` says why (and `key` names the key to blame, when one is): the body is not JSON, not
+// a non-empty object, a value is not a string, number or boolean, or a key or value fails the
+// config schema (runtime::apply_param_changes). What the server calls, and what the fuzz target
+// runtime/control/fuzz/params_fuzz.cpp feeds arbitrary bytes to.
+struct ParamsUpdate {
+  bool ok = false;
+  std::string error, key;
+  runtime::RuntimeParams params;
+  std::vector<std::pair<std::string, std::string>> changes;
+};
+ParamsUpdate parse_params_update(std::string_view body, const runtime::RuntimeParams& current);
+
 // True for 127.0.0.0/8, ::1 and "localhost".
 bool is_loopback_host(const std::string& host);
 
@@ -128,6 +143,9 @@ class ControlServer {
   std::string url() const;  // "http://HOST:PORT"
   void stop();
   uint64_t rejected_connections() const;  // answered 503 for the connection cap
+  uint64_t listen_restarts() const;       // times the listening socket failed and was reopened
+  // Requests answered 4xx (malformed, invalid, no or wrong token, over the size limit, ...).
+  uint64_t refused_requests() const;
 
   // Writes out_dir/control-ID.json ({"peer", "url", "pid", "token_file"}), atomically: how
   // `mycel ctl RUN_DIR` and `mycel top RUN_DIR` find the peers of a run.

@@ -538,6 +538,7 @@ std::shared_ptr<control::PeerSnapshot> LivePeer::snapshot(double t, bool with_li
   s->unreached_sends = c.unreached_sends.load();
   s->skipped_steps = c.skipped_steps.load();
   s->sender_mismatches = c.sender_mismatches.load();
+  if (ctl_) s->control_refused = ctl_->refused_requests() + ctl_->rejected_connections();
   {
     std::lock_guard lk(eval_mu_);
     s->eval_seconds = eval_hist_;

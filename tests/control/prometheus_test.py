@@ -29,7 +29,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mycel", required=True)
     ap.add_argument("--fake-peer", required=True)
+    ap.add_argument("--dashboard", required=True, help="scripts/grafana/mycel-dashboard.json")
     a = ap.parse_args()
+    with open(a.dashboard) as f:
+        dashboard = json.load(f)
     prom = shutil.which("prometheus")
     if not prom:
         print("SKIP: prometheus is not installed (Debian package prometheus)")
@@ -133,6 +136,35 @@ scrape_configs:
         eventually("mycel_codec_info", lambda r: len(r) == 2 and all(s["metric"].get("codec") == "int8" for s in r),
                    "the codec info")
         eventually("mycel_eval_seconds_count", lambda r: len(r) == 2, "the histogram's count")
+
+        # A codec change through mycel ctl shows in Prometheus.
+        r = subprocess.run([a.mycel, "ctl", run, "set", "codec.spec=topk:0.01"], capture_output=True, text=True)
+        print("$ mycel ctl RUN set codec.spec=topk:0.01\n" + r.stdout + r.stderr)
+        assert r.returncode == 0, r
+        by_codec = "sum by (codec) (rate(mycel_model_sent_bytes_by_codec_total[5s]))"
+        res = eventually(by_codec, lambda r: any(s["metric"].get("codec") == "topk:0.01" and float(s["value"][1]) > 0
+                                                 for s in r), "topk:0.01 bytes after the change")
+        print(f"query {by_codec}:", [(s["metric"]["codec"], s["value"][1]) for s in res])
+        eventually("mycel_codec_info", lambda r: len(r) == 2 and all(s["metric"]["codec"] == "topk:0.01" for s in r),
+                   "the new codec's info")
+
+        # Every query of the Grafana dashboard returns series.
+        exprs = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+        exprs += [("annotation: " + an["name"], an["expr"]) for an in dashboard["annotations"]["list"]]
+        assert len(exprs) >= 10, exprs
+        for title, e in exprs:
+            q = e.replace("$__rate_interval", "5s").replace('=~"$run"', '=~".*"')
+            assert "$" not in q, f"an unsubstituted variable in {q}"
+            res = eventually(q, lambda r: len(r) > 0, f"dashboard panel '{title}'")
+            print(f"dashboard {title!r}: {q} -> " +
+                  ", ".join(f"{{{','.join(f'{k}={v}' for k, v in sorted(s['metric'].items()) if k in ('peer', 'codec', 'link'))}}} "
+                            f"{s['value'][1]}" for s in res[:4]) + (f" (+{len(res) - 4})" if len(res) > 4 else ""))
+        var = dashboard["templating"]["list"][0]["query"]["query"]
+        assert var == "label_values(mycel_uptime_seconds, mycel_run)", var
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/label/mycel_run/values", timeout=5) as r:
+            values = json.load(r)["data"]
+        print("dashboard variable run:", values)
+        assert "run-1" in values, values
         print("PASS")
         return 0
     finally:

@@ -119,6 +119,10 @@ TEST_F(ControlServerTest, SetParamsValidInvalidAndWithoutToken) {
     EXPECT_EQ(r.status, 400) << junk << " -> " << r.body;
   }
   EXPECT_EQ(store.version(), 1u);
+  // Each refusal counted (401, 403, six bad changes, four junk bodies), reads not.
+  EXPECT_EQ(srv->refused_requests(), 12u);
+  EXPECT_EQ(request(anon, "GET", "/status").status, 200);
+  EXPECT_EQ(srv->refused_requests(), 12u);
   EXPECT_EQ(store.get()->codec, "int8");
 
   r = request(ep, "PUT", "/params", body);
@@ -145,6 +149,7 @@ TEST_F(ControlServerTest, BodyOverTheLimitIs413AndChangesNothing) {
   auto r = request(ep, "PUT", "/params", big);
   EXPECT_EQ(r.status, 413) << r.why();
   EXPECT_EQ(store.version(), 1u);
+  EXPECT_EQ(srv->refused_requests(), 1u);  // cpp-httplib's own 413 is counted too
   EXPECT_EQ(request(ep, "PUT", "/params", R"({"codec.spec": "fp16"})").status, 200);
 }
 
@@ -393,6 +398,40 @@ TEST_F(ControlServerTest, ServerSentEventsStreamPushedEvents) {
   // The endpoint still serves (the stream's thread went back when the client left).
   std::this_thread::sleep_for(std::chrono::milliseconds(1200));
   EXPECT_EQ(request(anon, "GET", "/status").status, 200);
+}
+
+// The listening socket fails (here: shut down under the server, so accept() answers EINVAL, as
+// it may answer ECONNABORTED or ENOBUFS under load): cpp-httplib 0.11 then stops listening, and
+// the endpoint listens again on the same port rather than refusing every later connection.
+TEST_F(ControlServerTest, ListeningAgainAfterAnAcceptError) {
+  start();
+  ASSERT_EQ(request(anon, "GET", "/status").status, 200);
+  int lfd = -1;
+  for (const auto& e : fs::directory_iterator("/proc/self/fd")) {
+    int fd = std::atoi(e.path().filename().c_str());
+    sockaddr_in a{};
+    socklen_t len = sizeof a;
+    int acc = 0;
+    socklen_t alen = sizeof acc;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0 && a.sin_family == AF_INET &&
+        ntohs(a.sin_port) == srv->port() && ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &alen) == 0 && acc)
+      lfd = fd;
+  }
+  ASSERT_GE(lfd, 0) << "no listening socket on port " << srv->port();
+  ASSERT_EQ(::shutdown(lfd, SHUT_RDWR), 0);
+  const auto until = Clock::now() + std::chrono::seconds(20);
+  while (srv->listen_restarts() == 0 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(srv->listen_restarts(), 1u);
+  int status = 0;
+  while (status != 200 && Clock::now() < until) {
+    status = request(anon, "GET", "/status").status;
+    if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(status, 200);
+  auto r = request(ep, "PUT", "/params", R"({"codec.spec": "fp16"})");
+  EXPECT_EQ(r.status, 200) << r.why();
+  srv->stop();  // and it still stops
+  EXPECT_NE(request(anon, "GET", "/status").status, 200);
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ inline PeerSnapshot sample_snapshot() {
   s.skipped_steps = 6;
   s.wakeups = 13;
   s.peers_down = 1;
+  s.control_refused = 14;
   s.bytes_by_codec = {{"int8", 1000}, {"topk:0.01", 500}};
   transport::PeerStats a;
   a.peer = "ucx://127.0.0.1:5000";
