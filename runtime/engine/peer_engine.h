@@ -152,6 +152,10 @@ class PeerEngine {
     return opt_.num_params * p / static_cast<size_t>(opt_.partitions);
   }
   size_t held() const { return held_.size(); }
+  // Checkpoints: the codec the error-feedback residual belongs to ("" : none yet); compute
+  // context only, as the residual itself.
+  const std::string& residual_codec() const { return residual_codec_; }
+  void set_residual_codec(std::string codec) { residual_codec_ = std::move(codec); }
 
  private:
   PeerEngine(const EngineOptions& opt, std::unique_ptr<Protocol> core, const ParamStore* params, Device& dev,
