@@ -26,6 +26,8 @@ void install_stop_handlers() {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Over RLIMIT_FSIZE a write fails with EFBIG (checked, reported) instead of killing the peer.
+  signal(SIGXFSZ, SIG_IGN);
 }
 
 [[noreturn]] void fail(const char* cmd, const Status& s, int code = 2) {
@@ -38,7 +40,7 @@ void install_stop_handlers() {
 void add_run_commands(CLI::App& app, Common& common) {
   // ---- mycel peer ----
   struct PeerOpts {
-    std::string config, listen, seeds, peers, out;
+    std::string config, listen, seeds, peers, out, resume;
     int id = 0;
     std::vector<std::string> sets;
   };
@@ -53,6 +55,8 @@ void add_run_commands(CLI::App& app, Common& common) {
                                          "dpsgd and fedavg (default: peers.addresses)");
   peer->add_option("--out", po->out, "folder for peer-ID.csv / .json (default: the config's output)");
   peer->add_option("--set", po->sets, "KEY=VALUE config overrides");
+  peer->add_option("--resume", po->resume, "go on from the newest whole checkpoint of this peer in DIR (a damaged "
+                                           "one is skipped for the one before; says which it used)");
   peer->callback([po, &common] {
     auto cfg = runtime::load_config(po->config);
     if (cfg && !po->sets.empty()) cfg = runtime::apply_overrides(*cfg, po->sets);
@@ -80,6 +84,7 @@ void add_run_commands(CLI::App& app, Common& common) {
                                                  "peers.addresses with peers.count entries"));
     a.out_dir = po->out.empty() ? cfg->output : po->out;
     a.threads = common.threads;
+    a.resume_dir = po->resume;
     install_stop_handlers();
     Status s = runtime::run_peer(a, &g_stop);
     if (!s.is_ok()) fail("peer", s);

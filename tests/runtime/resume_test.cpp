@@ -1,0 +1,216 @@
+// Kill and resume through the mycel binary: a gossip swarm of real peer processes over UCX on
+// loopback (Spambase, logistic regression); one peer is SIGKILLed and restarted with --resume. It
+// must go on from its last checkpoint (its age and its model, not the initial ones), and the
+// swarm must keep learning. Needs scripts/fetch-data.sh spambase (skipped with the reason).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/version.h"
+#include "runtime/engine/checkpoint.h"
+
+namespace mycel::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string mycel_bin() { return std::string(MYCEL_BINARY_DIR) + "/bin/mycel"; }
+
+bool have_spambase() {
+  const char* d = std::getenv("MYCEL_DATA");
+  fs::path dir = d && *d ? fs::path(d) : fs::path(MYCEL_SOURCE_DIR) / "data";
+  setenv("MYCEL_DATA", dir.c_str(), 1);
+  return fs::exists(dir / "spambase");
+}
+
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::fopen(log.c_str(), "w");
+    if (f) {
+      dup2(fileno(f), 1);
+      dup2(fileno(f), 2);
+    }
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits at most `limit`; a process still running then is killed (the test fails, never hangs).
+int wait_exit(pid_t pid, std::chrono::seconds limit = std::chrono::seconds(60)) {
+  const auto until = Clock::now() + limit;
+  int st = 0;
+  while (waitpid(pid, &st, WNOHANG) == 0) {
+    if (Clock::now() > until) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+std::string slurp(const fs::path& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+double json_number(const std::string& text, const std::string& key) {
+  auto pos = text.find("\"" + key + "\":");
+  if (pos == std::string::npos) return -1;
+  return std::strtod(text.c_str() + pos + key.size() + 3, nullptr);
+}
+
+// peer-ID.csv as rows of name -> value.
+std::vector<std::map<std::string, double>> read_csv(const fs::path& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::vector<std::string> names;
+  std::vector<std::map<std::string, double>> rows;
+  auto split = [](const std::string& l) {
+    std::vector<std::string> out;
+    std::stringstream ss(l);
+    std::string x;
+    while (std::getline(ss, x, ',')) out.push_back(x);
+    return out;
+  };
+  if (!std::getline(f, line)) return rows;
+  names = split(line);
+  while (std::getline(f, line)) {
+    auto v = split(line);
+    if (v.size() != names.size()) continue;
+    std::map<std::string, double> r;
+    for (size_t i = 0; i < v.size(); ++i) r[names[i]] = std::strtod(v[i].c_str(), nullptr);
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+TEST(Resume, KilledGossipPeerGoesOnFromItsCheckpoint) {
+  if (!MYCEL_BUILD_UCX) GTEST_SKIP() << "built without UCX: peer processes need it";
+  if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase";
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();
+  fs::path dir = fs::temp_directory_path() / ("mycel-resume-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path out = dir / "out";
+  const double duration = 18;
+  std::ofstream(dir / "c.yaml") << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                                   "train:\n  lr: 0.1\n  local_steps: 2\n  momentum: 0.5\n"
+                                   "protocol:\n  period_s: 0.3\n  peer_timeout_s: 2\npeers:\n  count: 3\n"
+                                   "run:\n  duration_s: "
+                                << duration << "\neval:\n  every_s: 1\ncheckpoint:\n  every_s: 1\n  keep: 3\n"
+                                << "output: " << out.string() << "\n";
+  std::vector<std::string> addr;
+  for (int i = 0; i < 3; ++i) addr.push_back("ucx://127.0.0.1:" + std::to_string(free_port()));
+  const std::string seeds = addr[0] + "," + addr[1];
+  auto peer_args = [&](int i) {
+    return std::vector<std::string>{mycel_bin(), "--log-level", "warn", "--threads", "1", "peer", "--config",
+                                    (dir / "c.yaml").string(), "--id", std::to_string(i), "--listen", addr[i],
+                                    "--seeds", seeds, "--out", out.string()};
+  };
+  std::vector<pid_t> pids;
+  for (int i = 0; i < 3; ++i) pids.push_back(spawn(peer_args(i), (dir / ("p" + std::to_string(i) + ".log")).string()));
+  // Peer 2 learns for a while and checkpoints (every second); then it is killed without warning.
+  const auto t0 = Clock::now();
+  std::this_thread::sleep_for(std::chrono::seconds(6));
+  while (ckpt::list(out.string(), 2).size() < 2 && Clock::now() - t0 < std::chrono::seconds(20))
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  kill(pids[2], SIGKILL);
+  EXPECT_EQ(wait_exit(pids[2]), 128 + SIGKILL);
+  auto files = ckpt::list(out.string(), 2);
+  ASSERT_FALSE(files.empty()) << "peer 2 wrote no checkpoint in 20 s: " << slurp(dir / "p2.log");
+  // Every checkpoint left by the killed peer reads back whole (atomic writes).
+  for (const auto& f : files) {
+    auto c = ckpt::read_file(f.path);
+    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
+  }
+  auto newest = ckpt::read_file(files.front().path);
+  ASSERT_TRUE(newest.is_ok()) << newest.status().to_string();
+  const uint64_t ckpt_age = newest->header.age;
+  EXPECT_GT(ckpt_age, 10u) << "the checkpoint holds a model that barely trained";
+  const size_t rows_before = read_csv(out / "peer-2.csv").size();
+
+  // Back with --resume, on a new port (the old one may be held for a minute after a crash).
+  addr[2] = "ucx://127.0.0.1:" + std::to_string(free_port());
+  auto again = peer_args(2);
+  again.push_back("--resume");
+  again.push_back(out.string());
+  pid_t back = spawn(again, (dir / "p2-again.log").string());
+  for (int i = 0; i < 2; ++i)
+    EXPECT_EQ(wait_exit(pids[i]), 0) << slurp(dir / ("p" + std::to_string(i) + ".log"));
+  EXPECT_EQ(wait_exit(back), 0) << slurp(dir / "p2-again.log");
+  const std::string log = slurp(dir / "p2-again.log");
+  // It says which checkpoint it used, with the age it holds.
+  EXPECT_NE(log.find("resuming from " + files.front().path + " (checkpoint " + std::to_string(files.front().sequence) +
+                     ", age " + std::to_string(ckpt_age) + ","),
+            std::string::npos)
+      << log;
+  // Its CSV goes on (appended); the first evaluation after the restart is of the checkpoint's
+  // model: its age and accuracy, not the initial model's.
+  auto rows = read_csv(out / "peer-2.csv");
+  ASSERT_GT(rows.size(), rows_before) << "no rows after the restart";
+  const auto& initial = rows.front();
+  const auto& before = rows[rows_before - 1];
+  const auto& first_after = rows[rows_before];
+  EXPECT_GE(first_after.at("time_s"), newest->header.peer_seconds - 1e-3) << "the run's clock restarted";
+  EXPECT_GE(first_after.at("age"), static_cast<double>(ckpt_age)) << "the age restarted";
+  EXPECT_GT(first_after.at("test_accuracy"), 0.75) << "initial model accuracy " << initial.at("test_accuracy");
+  EXPECT_NEAR(first_after.at("test_accuracy"), before.at("test_accuracy"), 0.08);
+  // The swarm kept learning, the resumed peer with it.
+  const std::string j = slurp(out / "peer-2.json");
+  ASSERT_FALSE(j.empty()) << log;
+  EXPECT_GT(json_number(j, "age"), static_cast<double>(ckpt_age));
+  EXPECT_GT(json_number(j, "merges"), 0) << "the resumed peer received no model: " << j;
+  EXPECT_GT(json_number(j, "test_accuracy"), 0.8) << j;
+  for (int i = 0; i < 2; ++i) {
+    const std::string pj = slurp(out / ("peer-" + std::to_string(i) + ".json"));
+    EXPECT_GT(json_number(pj, "test_accuracy"), 0.8) << pj;
+  }
+  // The resumed peer's own checkpoints go on after the one it resumed from.
+  auto later = ckpt::list(out.string(), 2);
+  ASSERT_FALSE(later.empty());
+  EXPECT_GT(later.front().sequence, files.front().sequence);
+  auto last = ckpt::read_file(later.front().path);
+  ASSERT_TRUE(last.is_ok()) << last.status().to_string();
+  EXPECT_GE(last->header.peer_seconds, duration - 0.5) << "the last checkpoint is not the clean stop's";
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace mycel::runtime
