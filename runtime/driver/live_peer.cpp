@@ -802,6 +802,10 @@ Status LivePeer::resume() {
   auto live = apply_param_changes(*params_.get(), c.live_params);
   if (!live) return Error(live.status().code(), l->path + ": live parameters: " + live.status().message());
   MYCEL_CHECK(params_.restore(std::move(live).value(), c.params_version));
+  std::map<std::string, uint64_t> counters(c.counters.begin(), c.counters.end());
+  m().for_each([&counters](const char* name, std::atomic<uint64_t>& v) {
+    if (auto it = counters.find(name); it != counters.end()) v = it->second;
+  });
   MYCEL_CHECK(dev_->sync());
   t_offset_ = c.header.peer_seconds;
   resumed_ = true;
@@ -833,6 +837,7 @@ void LivePeer::start_checkpoint(double t, std::vector<CkptWaiter> waiters) {
   c.protocol_state = engine_->core().save_state();
   c.live_params = live_param_values(*params_.get());
   c.params_version = params_.version();
+  m().for_each([&c](const char* name, const std::atomic<uint64_t>& v) { c.counters.emplace_back(name, v.load()); });
   ckpt_busy_ = true;
   worker_.post([this, job] {
     Status s = copy_compute_state(job->c);

@@ -21,7 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 constexpr char kMagic[8] = {'M', 'Y', 'C', 'E', 'L', 'C', 'K', 'P'};
 enum Section : uint32_t {
-  kHeader = 1, kParams, kVelocity, kResidual, kProtocol, kTrainer, kLiveParams, kSectionCount = kLiveParams
+  kHeader = 1, kParams, kVelocity, kResidual, kProtocol, kTrainer, kLiveParams, kCounters, kSectionCount = kCounters
 };
 const char* section_name(uint32_t id) {
   switch (id) {
@@ -32,6 +32,7 @@ const char* section_name(uint32_t id) {
     case kProtocol: return "protocol state";
     case kTrainer: return "trainer position";
     case kLiveParams: return "live parameters";
+    case kCounters: return "counters";
     default: return "unknown";
   }
 }
@@ -163,6 +164,13 @@ std::vector<uint8_t> encode(const Checkpoint& c) {
     s.u64(c.params_version);
     pairs(s, c.live_params);
   });
+  section(kCounters, [&](StateWriter& s) {
+    s.u32(static_cast<uint32_t>(c.counters.size()));
+    for (const auto& [k, v] : c.counters) {
+      s.str(k);
+      s.u64(v);
+    }
+  });
   std::vector<uint8_t> out = w.take();
   const uint64_t body = out.size() - kPreambleBytes;
   std::memcpy(out.data() + 16, &body, 8);
@@ -261,6 +269,18 @@ Result<Checkpoint> decode(std::span<const uint8_t> bytes) {
         MYCEL_CHECK(read_pairs(s, kMaxLiveKeys, "live parameters", &c.live_params));
         if (!s.done()) return corrupt(name + ": its length disagrees with its fields");
         break;
+      case kCounters: {
+        const uint32_t n = s.u32();
+        if (!s.ok() || n > kMaxLiveKeys) return corrupt(name + ": " + std::to_string(n) + " entries is too many");
+        for (uint32_t i = 0; i < n; ++i) {
+          std::string k = s.str(64);
+          const uint64_t v = s.u64();
+          if (!s.ok()) return corrupt(name + ": entry " + std::to_string(i) + " is cut off");
+          c.counters.emplace_back(std::move(k), v);
+        }
+        if (!s.done()) return corrupt(name + ": its length disagrees with its fields");
+        break;
+      }
     }
   }
   if (!r.done()) return corrupt("body: " + std::to_string(r.left()) + " bytes after the last section");

@@ -10,7 +10,7 @@
 //   trailer    u32 CRC32C of the preamble and the body
 // Sections (each exactly once, in this order): 1 header (what the checkpoint is compatible
 // with), 2 parameters, 3 optimizer velocity, 4 error-feedback residual, 5 protocol state,
-// 6 trainer position, 7 live parameter set. Reading checks the magic, the version, the length,
+// 6 trainer position, 7 live parameter set, 8 the peer's counters (bytes, frames, merges...). Reading checks the magic, the version, the length,
 // the checksum, then every length against what is left before it allocates; a refusal is an
 // error naming the field, never a crash.
 #pragma once
@@ -66,6 +66,7 @@ struct Checkpoint {
   TrainerPos trainer;
   std::vector<std::pair<std::string, std::string>> live_params;  // live_param_values()
   uint64_t params_version = 1;
+  std::vector<std::pair<std::string, uint64_t>> counters;  // the peer's counters by name
 };
 
 // The config keys a checkpoint must agree on, with their values, from a resolved config.

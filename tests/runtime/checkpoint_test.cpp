@@ -76,6 +76,7 @@ ckpt::Checkpoint sample(size_t n = 1000, uint64_t seed = 1) {
   c.trainer = ckpt::TrainerPos{4, 96, 1234, 2};
   c.live_params = live_param_values(RuntimeParams{});
   c.params_version = 6;
+  c.counters = {{"merges", 17}, {"bytes_sent", 1ull << 40}};
   return c;
 }
 
@@ -101,6 +102,7 @@ void expect_same(const ckpt::Checkpoint& a, const ckpt::Checkpoint& b) {
   EXPECT_EQ(a.trainer.epoch, b.trainer.epoch);
   EXPECT_EQ(a.live_params, b.live_params);
   EXPECT_EQ(a.params_version, b.params_version);
+  EXPECT_EQ(a.counters, b.counters);
 }
 
 TEST(Checkpoint, FileRoundTripKeepsEverySection) {

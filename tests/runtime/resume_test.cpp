@@ -194,6 +194,12 @@ TEST(Resume, KilledGossipPeerGoesOnFromItsCheckpoint) {
   EXPECT_NEAR(first_after.at("test_accuracy"), before.at("test_accuracy"), 0.08);
   // The swarm kept learning, the resumed peer with it.
   const std::string j = slurp(out / "peer-2.json");
+  std::printf("kill/resume: checkpoint %llu at %.2f s, age %llu; initial accuracy %.4f; last row before the kill "
+              "%.4f (age %.0f); first row after --resume %.4f (age %.0f, %.2f s); final %.4f (age %.0f)\n",
+              static_cast<unsigned long long>(files.front().sequence), newest->header.peer_seconds,
+              static_cast<unsigned long long>(ckpt_age), initial.at("test_accuracy"), before.at("test_accuracy"),
+              before.at("age"), first_after.at("test_accuracy"), first_after.at("age"), first_after.at("time_s"),
+              json_number(j, "test_accuracy"), json_number(j, "age"));
   ASSERT_FALSE(j.empty()) << log;
   EXPECT_GT(json_number(j, "age"), static_cast<double>(ckpt_age));
   EXPECT_GT(json_number(j, "merges"), 0) << "the resumed peer received no model: " << j;
@@ -209,6 +215,49 @@ TEST(Resume, KilledGossipPeerGoesOnFromItsCheckpoint) {
   auto last = ckpt::read_file(later.front().path);
   ASSERT_TRUE(last.is_ok()) << last.status().to_string();
   EXPECT_GE(last->header.peer_seconds, duration - 0.5) << "the last checkpoint is not the clean stop's";
+  fs::remove_all(dir);
+}
+
+
+// `mycel run --resume RUN_DIR`: a whole swarm restarted from its run folder goes on from its
+// checkpoints (ages, clocks and CSVs continue) until the new run.duration_s.
+TEST(Resume, RunResumeRestartsAWholeSwarmFromItsRunFolder) {
+  if (!MYCEL_BUILD_UCX) GTEST_SKIP() << "built without UCX: peer processes need it";
+  if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase";
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();
+  fs::path dir = fs::temp_directory_path() / ("mycel-run-resume-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "c.yaml") << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                                   "train:\n  lr: 0.1\n  local_steps: 2\nprotocol:\n  period_s: 0.3\n"
+                                   "peers:\n  count: 3\nrun:\n  duration_s: 4\neval:\n  every_s: 1\n"
+                                   "checkpoint:\n  every_s: 1\noutput: "
+                                << (dir / "runs").string() << "\n";
+  pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string(), "--peer-threads", "1"}, (dir / "run.log").string());
+  ASSERT_EQ(wait_exit(pid), 0) << slurp(dir / "run.log");
+  fs::path run;
+  for (const auto& e : fs::directory_iterator(dir / "runs")) run = e.path();
+  std::vector<uint64_t> ages;
+  for (int i = 0; i < 3; ++i) {
+    auto c = ckpt::read_file(ckpt::list(run.string(), i).at(0).path);
+    ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+    EXPECT_GE(c->header.peer_seconds, 4.0) << "the last checkpoint is not the end of run's";
+    ages.push_back(c->header.age);
+  }
+  pid = spawn({mycel_bin(), "run", "--resume", run.string(), "--set", "run.duration_s=7", "--peer-threads", "1"},
+              (dir / "run2.log").string());
+  ASSERT_EQ(wait_exit(pid), 0) << slurp(dir / "run2.log");
+  EXPECT_NE(slurp(dir / "run2.log").find("resuming 3 peers"), std::string::npos) << slurp(dir / "run2.log");
+  for (int i = 0; i < 3; ++i) {
+    const std::string log = slurp(run / ("peer-" + std::to_string(i) + ".log"));
+    EXPECT_NE(log.find("resuming from"), std::string::npos) << log;
+    const std::string j = slurp(run / ("peer-" + std::to_string(i) + ".json"));
+    EXPECT_GT(json_number(j, "age"), static_cast<double>(ages[static_cast<size_t>(i)])) << j;
+    EXPECT_GT(json_number(j, "test_accuracy"), 0.8) << j;
+    auto rows = read_csv(run / ("peer-" + std::to_string(i) + ".csv"));
+    ASSERT_FALSE(rows.empty());
+    EXPECT_GE(rows.back().at("time_s"), 6.9) << "the clock did not go on from the checkpoint";
+  }
   fs::remove_all(dir);
 }
 
