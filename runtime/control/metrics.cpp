@@ -110,6 +110,10 @@ const std::vector<MetricDef> kTable = [] {
       peer("sender_mismatches", "mycel_sender_mismatches_total", K::kCounter, "",
            "frames whose header sender id is not the authenticated peer's (D-PSGD, FedAvg)", "", 0,
            PU(sender_mismatches)),
+      peer("checkpoints_written", "mycel_checkpoints_written_total", K::kCounter, "",
+           "checkpoints written whole (docs/checkpoints.md)", "", 0, PU(checkpoints_written)),
+      peer("checkpoint_failures", "mycel_checkpoint_failures_total", K::kCounter, "",
+           "checkpoints that could not be written (the previous one was kept)", "", 0, PU(checkpoint_failures)),
   };
   t.insert(t.end(), more.begin(), more.end());
   MetricDef ev = base("eval_seconds", "mycel_eval_seconds", K::kHistogram, S::kPeer, "seconds",

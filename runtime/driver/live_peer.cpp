@@ -608,6 +608,8 @@ std::shared_ptr<control::PeerSnapshot> LivePeer::snapshot(double t, bool with_li
   s->unreached_sends = c.unreached_sends.load();
   s->skipped_steps = c.skipped_steps.load();
   s->sender_mismatches = c.sender_mismatches.load();
+  s->checkpoints_written = ckpt_written_.load();
+  s->checkpoint_failures = ckpt_failed_.load();
   {
     std::lock_guard lk(eval_mu_);
     s->eval_seconds = eval_hist_;

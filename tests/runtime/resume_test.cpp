@@ -261,5 +261,71 @@ TEST(Resume, RunResumeRestartsAWholeSwarmFromItsRunFolder) {
   fs::remove_all(dir);
 }
 
+
+std::string one_peer_config(const fs::path& dir, const std::string& extra, double duration = 3) {
+  std::ofstream(dir / "c.yaml") << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                                   "train:\n  lr: 0.1\n  local_steps: 2\nprotocol:\n  period_s: 0.3\n"
+                                   "peers:\n  count: 1\n  transport: inproc\nrun:\n  duration_s: "
+                                << duration << "\neval:\n  every_s: 1\n" << extra;
+  return (dir / "c.yaml").string();
+}
+
+// A folder where no checkpoint can be written: every failure is counted and logged, the run
+// goes on, and the peer exits non-zero naming the last checkpoint (results still written).
+TEST(Resume, UnwritableCheckpointFolderIsAnErrorAndACounterNotACrash) {
+  if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase";
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();
+  fs::path dir = fs::temp_directory_path() / ("mycel-ckpt-unwritable-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "a-file") << "x";
+  const std::string cfg = one_peer_config(dir, "checkpoint:\n  every_s: 0.5\n  dir: " + (dir / "a-file" / "ck").string() + "\n");
+  pid_t pid = spawn({mycel_bin(), "--threads", "1", "peer", "--config", cfg, "--id", "0", "--listen", "inproc://a",
+                     "--out", (dir / "out").string()},
+                    (dir / "p.log").string());
+  const int rc = wait_exit(pid);
+  const std::string log = slurp(dir / "p.log");
+  EXPECT_EQ(rc, 2) << log;
+  EXPECT_NE(log.find("the last checkpoint: cannot create"), std::string::npos) << log;
+  EXPECT_NE(log.find("checkpoint failed (1 so far), the previous one is kept"), std::string::npos) << log;
+  const std::string j = slurp(dir / "out" / "peer-0.json");
+  EXPECT_GE(json_number(j, "checkpoint_failures"), 4) << j;
+  EXPECT_EQ(json_number(j, "checkpoints_written"), 0) << j;
+  fs::remove_all(dir);
+}
+
+// POST /checkpoint through `mycel ctl RUN_DIR checkpoint`: a checkpoint now, its path answered.
+TEST(Resume, CtlCheckpointWritesOneNow) {
+  if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase";
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();
+  fs::path dir = fs::temp_directory_path() / ("mycel-ckpt-ctl-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string cfg = one_peer_config(dir, "control:\n  enabled: true\n", 20);
+  const fs::path out = dir / "out";
+  pid_t pid = spawn({mycel_bin(), "--threads", "1", "peer", "--config", cfg, "--id", "0", "--listen", "inproc://a",
+                     "--out", out.string()},
+                    (dir / "p.log").string());
+  const auto t0 = Clock::now();
+  while (!fs::exists(out / "control-0.json") && Clock::now() - t0 < std::chrono::seconds(30))
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_TRUE(fs::exists(out / "control-0.json")) << slurp(dir / "p.log");
+  pid_t ctl = spawn({mycel_bin(), "ctl", out.string(), "checkpoint"}, (dir / "ctl.log").string());
+  EXPECT_EQ(wait_exit(ctl), 0) << slurp(dir / "ctl.log");
+  const std::string answer = slurp(dir / "ctl.log");
+  auto files = ckpt::list(out.string(), 0);
+  ASSERT_EQ(files.size(), 1u) << answer;
+  EXPECT_NE(answer.find(files[0].path), std::string::npos) << answer;
+  auto c = ckpt::read_file(files[0].path);
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->header.model, "logreg");
+  pid_t stop = spawn({mycel_bin(), "ctl", out.string(), "stop"}, (dir / "stop.log").string());
+  EXPECT_EQ(wait_exit(stop), 0) << slurp(dir / "stop.log");
+  EXPECT_EQ(wait_exit(pid), 0) << slurp(dir / "p.log");
+  // checkpoint.every_s is 0: the clean stop writes none of its own.
+  EXPECT_EQ(ckpt::list(out.string(), 0).size(), 1u);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace mycel::runtime
