@@ -69,6 +69,7 @@ class LivePeer final : public EngineHost {
   Status setup();
   Status run(const std::atomic<bool>* stop);
   Status write_class_names(const std::vector<std::string>& names);
+  Status make_out_dir();  // args_.out_dir, or an error naming it (never an exception)
 
  private:
   // Seconds into the run: a resumed peer goes on from its checkpoint's time (t_offset_).
@@ -184,6 +185,7 @@ class LivePeer final : public EngineHost {
   std::atomic<uint64_t> seq_{0};  // frame sequence numbers (loop and worker both send)
   Clock::time_point t0_ = Clock::now();
   FILE* csv_ = nullptr;
+  std::atomic<bool> csv_failed_{false};
   std::atomic<double> last_acc_{0}, last_loss_{0};
   std::atomic<uint64_t> age_seen_{0};
   Worker worker_;  // last: destroyed (joined) first, while everything its tasks use still exists
@@ -192,18 +194,18 @@ class LivePeer final : public EngineHost {
 // String labels (a csv: data set) were mapped to 0..C-1 in sorted order: the mapping goes to the
 // run folder as classes.csv (index,name), written whole or not at all.
 Status LivePeer::write_class_names(const std::vector<std::string>& names) {
-  std::filesystem::create_directories(args_.out_dir);
-  const std::string path = args_.out_dir + "/classes.csv";
-  const std::string tmp = path + ".tmp." + std::to_string(args_.id);
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (!f) return Error(Code::kIo, "cannot write " + tmp);
-  bool ok = std::fprintf(f, "index,name\n") > 0;
-  for (size_t i = 0; i < names.size() && ok; ++i) ok = std::fprintf(f, "%zu,%s\n", i, names[i].c_str()) > 0;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return Error(Code::kIo, "cannot write " + path);
-  }
+  MYCEL_CHECK(make_out_dir());
+  std::string text = "index,name\n";
+  for (size_t i = 0; i < names.size(); ++i) text += std::to_string(i) + "," + names[i] + "\n";
+  // Written whole (temporary file, checked writes, fsync, rename) or not at all.
+  return ckpt::write_atomic(args_.out_dir + "/classes.csv",
+                            std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+}
+
+Status LivePeer::make_out_dir() {
+  std::error_code ec;
+  std::filesystem::create_directories(args_.out_dir, ec);
+  if (ec) return Error(Code::kIo, "cannot create the output folder " + args_.out_dir + ": " + ec.message());
   return Ok();
 }
 
@@ -341,15 +343,15 @@ Status LivePeer::setup() {
   if (!args_.resume_dir.empty()) MYCEL_CHECK(resume());
 
   if (!args_.out_dir.empty()) {
-    std::filesystem::create_directories(args_.out_dir);
+    MYCEL_CHECK(make_out_dir());
     std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".csv";
     // A resumed peer goes on with the rows it wrote before it stopped.
     std::error_code ec;
     const bool append = resumed_ && std::filesystem::file_size(path, ec) > 0 && !ec;
     csv_ = std::fopen(path.c_str(), append ? "a" : "w");
     if (!csv_) return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
-    if (!append) std::fputs(control::csv_header().c_str(), csv_);
-    std::fflush(csv_);
+    if ((!append && std::fputs(control::csv_header().c_str(), csv_) < 0) || std::fflush(csv_) != 0)
+      return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
   }
   // The control endpoint (off unless control.enabled: `mycel run` turns it on, on loopback).
   if (cfg_.control.enabled) {
@@ -577,8 +579,11 @@ void LivePeer::evaluate(double t) {
   last_loss_ = e->loss;
   if (csv_) {
     auto snap = snapshot(t, false);
-    std::fputs(control::csv_row(*snap).c_str(), csv_);
-    std::fflush(csv_);
+    // Checked: a row that cannot be written (a full disk) is logged once, and the peer exits
+    // non-zero at the end naming its CSV.
+    if ((std::fputs(control::csv_row(*snap).c_str(), csv_) < 0 || std::fflush(csv_) != 0) && !csv_failed_.exchange(true))
+      MYCEL_LOG_WARN("runtime", "peer {}: cannot write peer-{}.csv ({}): its rows are incomplete", args_.id, args_.id,
+                     std::strerror(errno));
   }
 }
 
@@ -642,20 +647,12 @@ void LivePeer::publish(double t, const char* state) {
 Status LivePeer::write_summary(double t) {
   if (args_.out_dir.empty()) return Ok();
   const std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".json";
-  const std::string tmp = path + ".tmp";
   auto s = snapshot(t, true);
   s->age = engine_->core().age();
   s->state = "done";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (!f) return Error(Code::kIo, "cannot write " + tmp);
   const std::string text = control::summary_json(*s).dump() + "\n";
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return Error(Code::kIo, "cannot write " + path + " (" + std::strerror(errno) + ")");
-  }
-  return Ok();
+  // Whole or not at all: never an empty or half-written result in place (checked writes, fsync).
+  return ckpt::write_atomic(path, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
 }
 
 Status LivePeer::run(const std::atomic<bool>* stop) {
@@ -776,6 +773,8 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
     return Error(Code::kIo, "cannot write peer-" + std::to_string(args_.id) + ".csv: " + std::strerror(errno));
   }
   csv_ = nullptr;
+  if (csv_failed_.load())
+    return Error(Code::kIo, "peer-" + std::to_string(args_.id) + ".csv is incomplete: rows could not be written");
   if (!final_ckpt.is_ok()) return Error(final_ckpt.code(), "the last checkpoint: " + final_ckpt.message());
   return Ok();
 }

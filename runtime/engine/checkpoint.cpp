@@ -321,7 +321,7 @@ Status write_atomic(const std::string& path, std::span<const uint8_t> bytes) {
     const std::string why = errno_text();
     if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
-    return Error(Code::kIo, "cannot write checkpoint " + path + ": " + what + ": " + why);
+    return Error(Code::kIo, "cannot write " + path + ": " + what + ": " + why);
   };
   size_t done = 0;
   while (done < bytes.size()) {

@@ -82,7 +82,7 @@ Result<Checkpoint> decode(std::span<const uint8_t> bytes);
 // (kInvalidArgument) naming it and both values.
 Status check_compatible(const Header& got, const Header& want);
 
-// Writes bytes to `path` atomically: a temporary file in the same folder, every write checked,
+// Writes bytes to `path` atomically (checkpoints, and the live peer's result files): a temporary file in the same folder, every write checked,
 // fsync, rename over `path`, fsync of the folder. On any failure the temporary file is removed,
 // and whatever was at `path` is untouched.
 Status write_atomic(const std::string& path, std::span<const uint8_t> bytes);

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -324,6 +325,65 @@ TEST(Resume, CtlCheckpointWritesOneNow) {
   EXPECT_EQ(wait_exit(pid), 0) << slurp(dir / "p.log");
   // checkpoint.every_s is 0: the clean stop writes none of its own.
   EXPECT_EQ(ckpt::list(out.string(), 0).size(), 1u);
+  fs::remove_all(dir);
+}
+
+
+// `mycel peer --out` to a place that cannot be a folder: exit 2 naming it (was: an uncaught
+// filesystem_error, abort).
+TEST(Resume, UnwritableOutputFolderIsAnErrorNotAnAbort) {
+  if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase";
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();
+  fs::path dir = fs::temp_directory_path() / ("mycel-out-unwritable-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "a-file") << "x";
+  const std::string cfg = one_peer_config(dir, "");
+  pid_t pid = spawn({mycel_bin(), "--threads", "1", "peer", "--config", cfg, "--id", "0", "--listen", "inproc://a",
+                     "--out", (dir / "a-file" / "out").string()},
+                    (dir / "p.log").string());
+  const int rc = wait_exit(pid);
+  const std::string log = slurp(dir / "p.log");
+  EXPECT_EQ(rc, 2) << log;
+  EXPECT_NE(log.find("cannot create the output folder " + (dir / "a-file" / "out").string()), std::string::npos) << log;
+  fs::remove_all(dir);
+}
+
+
+// A disk that fills while the peer runs (RLIMIT_FSIZE of 4 KiB on the peer process): the CSV
+// rows that do not fit are reported, the result file is still whole, and the peer exits 2.
+TEST(Resume, FullDiskForTheCsvIsReportedAndANonZeroExit) {
+  if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase";
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();
+  fs::path dir = fs::temp_directory_path() / ("mycel-csv-full-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "c.yaml") << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                                   "protocol:\n  period_s: 0.3\npeers:\n  count: 1\n  transport: inproc\n"
+                                   "run:\n  duration_s: 3\neval:\n  every_s: 0.02\n  max_test: 200\n";
+  const std::string log = (dir / "p.log").string();
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::fopen(log.c_str(), "w");
+    if (f) {
+      dup2(fileno(f), 1);
+      dup2(fileno(f), 2);
+    }
+    struct rlimit rl {};
+    rl.rlim_cur = rl.rlim_max = 4096;
+    setrlimit(RLIMIT_FSIZE, &rl);
+    execl(mycel_bin().c_str(), mycel_bin().c_str(), "--threads", "1", "--log-level", "warn", "peer", "--config",
+          (dir / "c.yaml").c_str(), "--id", "0", "--listen", "inproc://a", "--out", (dir / "out").c_str(), nullptr);
+    _exit(127);
+  }
+  const int rc = wait_exit(pid);
+  const std::string text = slurp(log);
+  EXPECT_EQ(rc, 2) << text;
+  EXPECT_NE(text.find("cannot write peer-0.csv"), std::string::npos) << text;
+  EXPECT_NE(text.find("peer-0.csv is incomplete"), std::string::npos) << text;
+  const std::string j = slurp(dir / "out" / "peer-0.json");
+  EXPECT_FALSE(j.empty());
+  EXPECT_GT(json_number(j, "test_accuracy"), 0) << j;
   fs::remove_all(dir);
 }
 
