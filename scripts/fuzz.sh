@@ -2,6 +2,7 @@
 # Fuzzes the parsers of untrusted bytes for a bounded time each:
 #   frame  the frame decoder (transport/fuzz/frame_fuzz.cpp)
 #   csv    the csv: data reader and the .npy header parser (models/fuzz/csv_fuzz.cpp)
+#   ckpt   the checkpoint reader (runtime/engine/fuzz/ckpt_fuzz.cpp)
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   (default 60 seconds per target, all targets)
 # Builds the `fuzz` CMake preset (clang, libFuzzer, ASan + UBSan), writes each target's seed
 # corpus (MYCEL_FUZZ_WRITE_CORPUS), then runs the fuzzer with leak detection.
@@ -17,7 +18,7 @@ case "$seconds" in
 esac
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(frame csv)
+[ ${#targets[@]} -eq 0 ] && targets=(frame csv ckpt)
 build="${MYCEL_FUZZ_BUILD_DIR:-build/fuzz}"
 
 if ! command -v clang++ >/dev/null 2>&1; then
@@ -31,14 +32,15 @@ max_len() {
   case "$1" in
     frame) echo 8192 ;;
     csv) echo 4096 ;;
+    ckpt) echo 8192 ;;
   esac
 }
 
 bins=()
 for t in "${targets[@]}"; do
   case "$t" in
-    frame|csv) bins+=("${t}_fuzz") ;;
-    *) echo "fuzz.sh: unknown target '$t' (frame, csv)" >&2; exit 2 ;;
+    frame|csv|ckpt) bins+=("${t}_fuzz") ;;
+    *) echo "fuzz.sh: unknown target '$t' (frame, csv, ckpt)" >&2; exit 2 ;;
   esac
 done
 
