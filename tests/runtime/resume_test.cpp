@@ -391,5 +391,82 @@ TEST(Resume, FullDiskForTheCsvIsReportedAndANonZeroExit) {
   fs::remove_all(dir);
 }
 
+
+// D-PSGD: a peer SIGKILLed and restarted with --resume on its own port (the transport reuses
+// the address at once) goes on from its checkpoint's round and model, not from round 0 and the
+// initial model, and is taken back by its ring neighbours.
+TEST(Resume, KilledDpsgdPeerGoesOnFromItsRound) {
+  if (!MYCEL_BUILD_UCX) GTEST_SKIP() << "built without UCX: peer processes need it";
+  if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase";
+  if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();
+  fs::path dir = fs::temp_directory_path() / ("mycel-resume-dpsgd-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const int n = 4;
+  const fs::path out = dir / "out";
+  std::ofstream(dir / "c.yaml") << "name: t\ndata:\n  dataset: spambase\n  partition: iid\nmodel: logreg\n"
+                                   "train:\n  lr: 0.1\n  local_steps: 20\nprotocol:\n  name: dpsgd\n  topology: ring\n"
+                                   "  peer_timeout_s: 2\ncodec:\n  spec: fp32\npeers:\n  count: "
+                                << n << "\nrun:\n  duration_s: 14\neval:\n  every_s: 1\ncheckpoint:\n  every_s: 1\n"
+                                << "output: " << out.string() << "\n";
+  std::vector<std::string> addr;
+  for (int i = 0; i < n; ++i) addr.push_back("ucx://127.0.0.1:" + std::to_string(free_port()));
+  std::string peers;
+  for (const auto& a : addr) peers += (peers.empty() ? "" : ",") + a;
+  auto args = [&](int i) {
+    return std::vector<std::string>{mycel_bin(), "--log-level", "warn", "--threads", "1", "peer", "--config",
+                                    (dir / "c.yaml").string(), "--id", std::to_string(i), "--listen", addr[i],
+                                    "--peers", peers, "--out", out.string()};
+  };
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) pids.push_back(spawn(args(i), (dir / ("p" + std::to_string(i) + ".log")).string()));
+  const auto t0 = Clock::now();
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  while (ckpt::list(out.string(), 2).size() < 2 && Clock::now() - t0 < std::chrono::seconds(20))
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  kill(pids[2], SIGKILL);
+  EXPECT_EQ(wait_exit(pids[2]), 128 + SIGKILL);
+  auto files = ckpt::list(out.string(), 2);
+  ASSERT_FALSE(files.empty()) << slurp(dir / "p2.log");
+  auto newest = ckpt::read_file(files.front().path);
+  ASSERT_TRUE(newest.is_ok()) << newest.status().to_string();
+  const uint64_t round = newest->header.age;
+  EXPECT_GT(round, 0u) << "the checkpoint holds round 0: nothing to go on from";
+  const size_t rows_before = read_csv(out / "peer-2.csv").size();
+  auto again = args(2);
+  again.push_back("--resume");
+  again.push_back(out.string());
+  pid_t back = spawn(again, (dir / "p2-again.log").string());
+  for (int i : {0, 1, 3}) EXPECT_EQ(wait_exit(pids[i]), 0) << slurp(dir / ("p" + std::to_string(i) + ".log"));
+  // Its clock goes on from the checkpoint, so it ends with the others; at most a little later.
+  if (wait_exit(back, std::chrono::seconds(10)) < 0) ADD_FAILURE() << "the resumed peer did not stop by itself";
+  const std::string log = slurp(dir / "p2-again.log");
+  EXPECT_NE(log.find("resuming from " + files.front().path + " (checkpoint " + std::to_string(files.front().sequence) +
+                     ", age " + std::to_string(round) + ","),
+            std::string::npos)
+      << log;
+  auto rows = read_csv(out / "peer-2.csv");
+  ASSERT_GT(rows.size(), rows_before) << log;
+  const auto& first_after = rows[rows_before];
+  EXPECT_GE(first_after.at("age"), static_cast<double>(round)) << "the round restarted";
+  EXPECT_GT(first_after.at("test_accuracy"), 0.75) << "initial model accuracy " << rows.front().at("test_accuracy");
+  const std::string j = slurp(out / "peer-2.json");
+  ASSERT_FALSE(j.empty()) << log;
+  double merges_at_ckpt = -1;
+  for (const auto& [k, v] : newest->counters)
+    if (k == "merges") merges_at_ckpt = static_cast<double>(v);
+  EXPECT_GT(json_number(j, "merges"), merges_at_ckpt) << "the restarted peer was not taken back: " << j;
+  EXPECT_GT(json_number(j, "age"), static_cast<double>(round)) << j;
+  for (int i = 0; i < n; ++i) {
+    const std::string pj = slurp(out / ("peer-" + std::to_string(i) + ".json"));
+    EXPECT_GT(json_number(pj, "test_accuracy"), 0.8) << pj;
+  }
+  std::printf("dpsgd kill/resume: checkpoint at round %llu (%.2f s); first row after --resume: round %.0f, accuracy "
+              "%.4f; final round %.0f, accuracy %.4f\n",
+              static_cast<unsigned long long>(round), newest->header.peer_seconds, first_after.at("age"),
+              first_after.at("test_accuracy"), json_number(j, "age"), json_number(j, "test_accuracy"));
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace mycel::runtime
