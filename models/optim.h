@@ -63,6 +63,7 @@ class Sgd {
   Status step_lr(float lr);
 
   uint64_t steps() const { return steps_; }
+  void set_steps(uint64_t n) { steps_ = n; }  // a restored checkpoint's count
   float last_lr() const { return last_lr_; }
   const LrSchedule& schedule() const { return schedule_; }
   SgdParams params() const { return opt_; }

@@ -167,6 +167,26 @@ Result<EpochStats> Trainer::run_epoch(const std::function<void(size_t, size_t)>&
   return e;
 }
 
+Trainer::Position Trainer::position() const {
+  return Position{orders_drawn_, cursor_, sgd_.steps(), epoch_};
+}
+
+Status Trainer::restore_position(const Position& p) {
+  if (p.cursor > data_.n)
+    return Error(Code::kOutOfRange, "trainer position: cursor " + std::to_string(p.cursor) + " is past the " +
+                                        std::to_string(data_.n) + " training samples");
+  if (p.orders_drawn > 0) {
+    orders_drawn_ = p.orders_drawn - 1;
+    MYCEL_CHECK(new_order());  // the same order again (drawn from the seed and its index)
+  } else {
+    orders_drawn_ = 0;
+  }
+  cursor_ = static_cast<size_t>(p.orders_drawn > 0 ? p.cursor : data_.n);
+  epoch_ = static_cast<int>(p.epoch);
+  sgd_.set_steps(p.sgd_steps);
+  return Ok();
+}
+
 Status Trainer::train_steps(size_t n, float lr, uint64_t age) {
   for (size_t i = 0; i < n; ++i) {
     if (cursor_ + size_t(cfg_.batch) > data_.n) {

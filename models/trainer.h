@@ -80,6 +80,17 @@ class Trainer {
   Result<EvalStats> evaluate(const DeviceData& d, int batch = 0);
   Result<EvalStats> evaluate(const data::Dataset& d, int batch = 0);
 
+  // Where train_steps stands in its data order (checkpoints): the orders drawn so far (the
+  // current one is redrawn from the seed and this count), the position in it, the epochs of
+  // run_epoch and the optimizer's step count. restore_position() refuses a cursor past the
+  // data.
+  struct Position {
+    uint64_t orders_drawn = 0, cursor = 0, sgd_steps = 0;
+    int64_t epoch = 0;
+  };
+  Position position() const;
+  Status restore_position(const Position& p);
+
   Model& model() { return *model_; }
   Sgd& optimizer() { return sgd_; }
   const DeviceData& train_data() const { return data_; }

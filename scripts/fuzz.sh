@@ -3,6 +3,8 @@
 #   frame  the frame decoder (transport/fuzz/frame_fuzz.cpp)
 #   csv    the csv: data reader and the .npy header parser (models/fuzz/csv_fuzz.cpp)
 #   params the control endpoint's PUT /params body check (runtime/control/fuzz/params_fuzz.cpp)
+#   ckpt   the checkpoint reader (runtime/engine/fuzz/ckpt_fuzz.cpp)
+#   config the experiment config reader and --set overrides (runtime/config/fuzz/config_fuzz.cpp)
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   (default 60 seconds per target, all targets)
 # Builds the `fuzz` CMake preset (clang, libFuzzer, ASan + UBSan), writes each target's seed
 # corpus (MYCEL_FUZZ_WRITE_CORPUS), then runs the fuzzer with leak detection.
@@ -18,7 +20,7 @@ case "$seconds" in
 esac
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(frame csv params)
+[ ${#targets[@]} -eq 0 ] && targets=(frame csv params ckpt config)
 build="${MYCEL_FUZZ_BUILD_DIR:-build/fuzz}"
 
 if ! command -v clang++ >/dev/null 2>&1; then
@@ -34,14 +36,16 @@ max_len() {
     frame) echo 8192 ;;
     csv) echo 4096 ;;
     params) echo 2048 ;;
+    ckpt) echo 8192 ;;
+    config) echo 4096 ;;
   esac
 }
 
 bins=()
 for t in "${targets[@]}"; do
   case "$t" in
-    frame|csv|params) bins+=("${t}_fuzz") ;;
-    *) echo "fuzz.sh: unknown target '$t' (frame, csv, params)" >&2; exit 2 ;;
+    frame|csv|params|ckpt|config) bins+=("${t}_fuzz") ;;
+    *) echo "fuzz.sh: unknown target '$t' (frame, csv, params, ckpt, config)" >&2; exit 2 ;;
   esac
 done
 

@@ -38,6 +38,8 @@ void add_deploy_command(CLI::App& app, Common& common);
 // runtime/cli/sim_cmd.cpp: `mycel sim`.
 void add_sim_command(CLI::App& app, Common& common);
 void add_bench_sim(CLI::App& bench, Common& common);
+// runtime/cli/bench_ckpt_cmd.cpp: `mycel bench checkpoint` (checkpoint size and write time).
+void add_bench_checkpoint(CLI::App& bench, Common& common);
 // runtime/cli/ctl_cmd.cpp: `mycel ctl` (a run's control endpoints).
 void add_ctl_command(CLI::App& app, Common& common);
 

@@ -105,6 +105,7 @@ int main(int argc, char** argv) {
   mycel::cli::add_bench_train(*bench, common);
   mycel::cli::add_bench_data(*bench, common);
   mycel::cli::add_bench_sim(*bench, common);
+  mycel::cli::add_bench_checkpoint(*bench, common);
 
   mycel::cli::add_config_command(app, common);
   mycel::cli::add_run_commands(app, common);

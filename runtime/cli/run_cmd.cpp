@@ -26,6 +26,8 @@ void install_stop_handlers() {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Over RLIMIT_FSIZE a write fails with EFBIG (checked, reported) instead of killing the peer.
+  signal(SIGXFSZ, SIG_IGN);
 }
 
 [[noreturn]] void fail(const char* cmd, const Status& s, int code = 2) {
@@ -38,7 +40,7 @@ void install_stop_handlers() {
 void add_run_commands(CLI::App& app, Common& common) {
   // ---- mycel peer ----
   struct PeerOpts {
-    std::string config, listen, seeds, peers, out;
+    std::string config, listen, seeds, peers, out, resume;
     int id = 0;
     std::vector<std::string> sets;
   };
@@ -53,6 +55,8 @@ void add_run_commands(CLI::App& app, Common& common) {
                                          "dpsgd and fedavg (default: peers.addresses)");
   peer->add_option("--out", po->out, "folder for peer-ID.csv / .json (default: the config's output)");
   peer->add_option("--set", po->sets, "KEY=VALUE config overrides");
+  peer->add_option("--resume", po->resume, "go on from the newest whole checkpoint of this peer in DIR (a damaged "
+                                           "one is skipped for the one before; says which it used)");
   peer->callback([po, &common] {
     auto cfg = runtime::load_config(po->config);
     if (cfg && !po->sets.empty()) cfg = runtime::apply_overrides(*cfg, po->sets);
@@ -80,6 +84,7 @@ void add_run_commands(CLI::App& app, Common& common) {
                                                  "peers.addresses with peers.count entries"));
     a.out_dir = po->out.empty() ? cfg->output : po->out;
     a.threads = common.threads;
+    a.resume_dir = po->resume;
     install_stop_handlers();
     Status s = runtime::run_peer(a, &g_stop);
     if (!s.is_ok()) fail("peer", s);
@@ -92,6 +97,7 @@ void add_run_commands(CLI::App& app, Common& common) {
     int threads_per_peer = 0;
     std::string peer_log = "warn";
     bool no_control = false;
+    std::string resume;
   };
   auto ro = std::make_shared<RunOpts>();
   auto* run = app.add_subcommand("run", "run an experiment as a local swarm of peer processes "
@@ -101,17 +107,32 @@ void add_run_commands(CLI::App& app, Common& common) {
   run->add_option("--peer-threads", ro->threads_per_peer, "CPU threads per peer (0: cores / peers)");
   run->add_option("--peer-log-level", ro->peer_log, "log level of the peers (logs in the run folder)")
       ->capture_default_str();
+  run->add_option("--resume", ro->resume,
+                  "restart the swarm of RUN_DIR (a run folder): every peer goes on from its newest whole checkpoint "
+                  "(the config and overrides come from RUN_DIR unless given; checkpoint.every_s must have been on)");
   run->add_flag("--no-control", ro->no_control,
                 "no control endpoints (by default each peer serves one on loopback; docs/control.md)");
   run->callback([ro, &common] {
     std::string path = ro->config;
     Result<runtime::ExperimentConfig> cfg = Error(Code::kInternal, "unset");
+    std::vector<std::string> sets = ro->sets;
+    if (!ro->resume.empty() && path.empty()) {
+      // The run folder holds the config and overrides it was started with; --set adds to them.
+      path = ro->resume + "/config.yaml";
+      if (!std::filesystem::exists(path))
+        fail("run", Error(Code::kNotFound, ro->resume + " has no config.yaml: is it a run folder? (or give the CONFIG)"));
+      std::ifstream ov(ro->resume + "/overrides.txt");
+      std::vector<std::string> saved;
+      for (std::string line; std::getline(ov, line);)
+        if (!line.empty()) saved.push_back(line);
+      sets.insert(sets.begin(), saved.begin(), saved.end());
+    }
     if (path.empty()) {
       cfg = runtime::parse_config(kQuickstartYaml, "examples/quickstart.yaml (embedded)");
     } else {
       cfg = runtime::load_config(path);
     }
-    if (cfg && !ro->sets.empty()) cfg = runtime::apply_overrides(*cfg, ro->sets);
+    if (cfg && !sets.empty()) cfg = runtime::apply_overrides(*cfg, sets);
     if (!cfg) fail("run", cfg.status());
     if (Status s = runtime::check_experiment(*cfg); !s.is_ok()) fail("run", s);
     if (path.empty()) {  // the peers read the embedded default from a file in the output folder
@@ -121,7 +142,8 @@ void add_run_commands(CLI::App& app, Common& common) {
     }
     runtime::SwarmOptions so;
     so.config_path = path;
-    so.overrides = ro->sets;
+    so.overrides = sets;
+    so.resume_dir = ro->resume;
     if (common.device != "auto") so.overrides.push_back("device=" + common.device);
     so.cfg = *cfg;
     so.threads_per_peer = ro->threads_per_peer;

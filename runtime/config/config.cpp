@@ -80,6 +80,9 @@ const std::vector<ConfigKey> kSchema = {
     {"eval.every_s", K::kFloat, "5", 0.01, 1e9, "", false, "each peer evaluates its model on the test set this often"},
     {"eval.max_test", K::kInt, "2000", 0, kBig, "", false, "test samples per evaluation (0: the whole test set)"},
     {"output", K::kString, "runs", 0, 0, "", false, "output folder: one subfolder per run with per-peer CSVs and summary.json"},
+    {"checkpoint.every_s", K::kFloat, "0", 0, 1e9, "", false, "each peer writes a checkpoint (model, optimizer, residual, protocol state; docs/checkpoints.md) this often, and on a clean stop (0: no checkpoints but those asked for with POST /checkpoint)"},
+    {"checkpoint.dir", K::kString, "", 0, 0, "", false, "folder of the checkpoints (empty: the peer's run folder); files peer-ID-SEQ.ckpt"},
+    {"checkpoint.keep", K::kInt, "2", 1, 1000, "", false, "checkpoints kept per peer (the newest); the previous one stays until the new one is in place"},
     {"network.uplink", K::kString, "inf", 0, 0, "", false, "mycel sim: each peer's uplink bandwidth: RATE (100Mbit, 2.5Gbit, 800kbit, 1MB), uniform:A,B or choice:A,B,... drawn per peer, or inf (no serialisation)"},
     {"network.downlink", K::kString, "inf", 0, 0, "", false, "mycel sim: each peer's downlink bandwidth, as network.uplink"},
     {"network.latency", K::kString, "10ms", 0, 0, "", false, "mycel sim: one-way latency per message: DURATION (10ms, 1.5s), uniform:A,B or choice:A,B,..."},
@@ -396,6 +399,9 @@ Result<ExperimentConfig> build(std::map<std::string, std::string> values, std::s
   c.eval.every_s = F("eval.every_s");
   c.eval.max_test = static_cast<uint64_t>(I("eval.max_test"));
   c.output = S("output");
+  c.checkpoint.every_s = F("checkpoint.every_s");
+  c.checkpoint.dir = S("checkpoint.dir");
+  c.checkpoint.keep = static_cast<int>(I("checkpoint.keep"));
   c.network.uplink = S("network.uplink");
   c.network.downlink = S("network.downlink");
   c.network.latency = S("network.latency");
@@ -750,6 +756,13 @@ Status ParamStore::replace(RuntimeParams next) {
   MYCEL_CHECK(validate(next));
   cur_.store(std::make_shared<const RuntimeParams>(std::move(next)));
   version_.fetch_add(1);
+  return Ok();
+}
+
+Status ParamStore::restore(RuntimeParams p, uint64_t version) {
+  MYCEL_CHECK(validate(p));
+  cur_.store(std::make_shared<const RuntimeParams>(std::move(p)));
+  version_.store(version == 0 ? 1 : version);
   return Ok();
 }
 

@@ -95,6 +95,11 @@ struct ExperimentConfig {
     uint64_t max_test = 0;
   } eval;
   std::string output;
+  struct Checkpoint {  // runtime/engine/checkpoint.h
+    double every_s = 0;  // 0: none but those asked for (POST /checkpoint)
+    std::string dir;     // empty: the peer's run folder
+    int keep = 2;
+  } checkpoint;
   // mycel sim only: the modelled network, churn and the simulator's own settings.
   struct Network {
     std::string uplink, downlink, latency, server_link;
@@ -169,6 +174,8 @@ class ParamStore {
   std::shared_ptr<const RuntimeParams> get() const { return cur_.load(); }
   uint64_t version() const { return version_.load(); }
   Status replace(RuntimeParams next);  // rejected (and nothing changes) when invalid
+  // A checkpoint's set and version (before the peer starts): validated like replace().
+  Status restore(RuntimeParams p, uint64_t version);
 
  private:
   std::atomic<std::shared_ptr<const RuntimeParams>> cur_;

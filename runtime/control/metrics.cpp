@@ -113,6 +113,10 @@ const std::vector<MetricDef> kTable = [] {
       peer("control_refused", "mycel_control_refused_total", K::kCounter, "",
            "control endpoint requests refused (4xx: malformed, invalid, no or wrong token, too large) and "
            "connections over control.max_connections (503)", "", 0, PU(control_refused)),
+      peer("checkpoints_written", "mycel_checkpoints_written_total", K::kCounter, "",
+           "checkpoints written whole (docs/checkpoints.md)", "", 0, PU(checkpoints_written)),
+      peer("checkpoint_failures", "mycel_checkpoint_failures_total", K::kCounter, "",
+           "checkpoints that could not be written (the previous one was kept)", "", 0, PU(checkpoint_failures)),
   };
   t.insert(t.end(), more.begin(), more.end());
   MetricDef ev = base("eval_seconds", "mycel_eval_seconds", K::kHistogram, S::kPeer, "seconds",

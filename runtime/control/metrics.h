@@ -53,6 +53,7 @@ struct PeerSnapshot {
   uint64_t ages_clamped = 0;       // received ages cut to local + trust.max_age_lead
   uint64_t sender_mismatches = 0;  // frames whose header sender id is not the connection's peer
   uint64_t control_refused = 0;    // control requests refused (4xx) and connections over its cap (503)
+  uint64_t checkpoints_written = 0, checkpoint_failures = 0;  // docs/checkpoints.md
   std::map<std::string, uint64_t> bytes_by_codec;  // model bytes sent per codec
   std::vector<transport::PeerStats> links;         // the transport's view of each link
   runtime::RuntimeParams params;                   // the live parameters in force

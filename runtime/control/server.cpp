@@ -327,9 +327,9 @@ struct ControlServer::Impl {
     });
     svr.Post("/checkpoint", [this](const httplib::Request& req, httplib::Response& res) {
       if (!authorized(req, res)) return;
-      if (!hooks.checkpoint) return fail(res, 501, "checkpoints are not implemented yet (issue 16)");
+      if (!hooks.checkpoint) return fail(res, 501, "this peer keeps no checkpoints");
       auto r = hooks.checkpoint();
-      if (!r) return fail(res, 500, r.status().message());
+      if (!r) return fail(res, r.status().code() == Code::kUnavailable ? 503 : 500, r.status().message());
       answer(res, 200, {{"checkpoint", *r}});
     });
     svr.Post("/stop", [this](const httplib::Request& req, httplib::Response& res) {

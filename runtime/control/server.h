@@ -8,7 +8,8 @@
 //   GET  /params      {"version": N, "params": {key: value}}
 //   PUT  /params      a partial set {"codec.spec": "topk:0.01", ...}: validated by the config
 //                     schema, applied at once through set_params; 400 names the key and reason
-//   POST /checkpoint  501 until checkpoints exist (hooks.checkpoint empty)
+//   POST /checkpoint  writes a checkpoint now and answers its path (docs/checkpoints.md); 501
+//                     where the driver keeps none (hooks.checkpoint empty)
 //   POST /stop        asks the loop to stop cleanly (202)
 //   GET  /events?after=SEQ&wait_s=W   long polling: events with seq > SEQ, waiting up to W s
 //   GET  /events/stream?after=SEQ     server-sent events (also /events with Accept:
@@ -88,7 +89,7 @@ struct ControlHooks {
   // Replaces the whole live set at once (the loop reads it at its next cycle); the new version.
   std::function<Result<uint64_t>(const runtime::RuntimeParams&)> set_params;
   std::function<void()> stop;                        // a clean stop, results written
-  std::function<Result<std::string>()> checkpoint;   // empty: POST /checkpoint answers 501
+  std::function<Result<std::string>()> checkpoint;   // the file written; empty: 501
   // The usual wiring: a ParamStore (thread-safe) and the loop's stop flag.
   static ControlHooks for_param_store(runtime::ParamStore& store, std::atomic<bool>* stop_flag);
 };

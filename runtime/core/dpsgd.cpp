@@ -110,6 +110,28 @@ class Dpsgd final : public Protocol {
   uint64_t age() const override { return round_; }
   const ProtocolStats& stats() const override { return stats_; }
 
+  // The round to begin at start() (the neighbours are heard again from scratch).
+  std::vector<uint8_t> save_state() const override {
+    StateWriter w;
+    w.u8('D');
+    w.u8(1);
+    w.u64(round_);
+    save_stats(w, stats_);
+    return w.take();
+  }
+  Status restore_state(std::span<const uint8_t> state) override {
+    StateReader r(state);
+    if (r.u8() != 'D' || r.u8() != 1 || !r.ok())
+      return Error(Code::kInvalidArgument, "protocol state: not the state of a dpsgd peer (layout 1)");
+    const uint64_t round = r.u64();
+    ProtocolStats st;
+    restore_stats(r, st);
+    if (!r.done()) return Error(Code::kCorrupt, "protocol state: dpsgd state is malformed");
+    round_ = round;
+    stats_ = st;
+    return Ok();
+  }
+
  private:
   std::string addr(size_t k) const { return opt_.peers[static_cast<size_t>(nbrs_[k])]; }
 

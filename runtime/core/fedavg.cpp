@@ -124,6 +124,29 @@ class FedAvg final : public Protocol {
   uint64_t age() const override { return server() ? round_ : stats_.wakeups; }
   const ProtocolStats& stats() const override { return stats_; }
 
+  std::vector<uint8_t> save_state() const override {
+    StateWriter w;
+    w.u8('F');
+    w.u8(1);
+    w.u64(round_);
+    w.u64(rng_.state());
+    save_stats(w, stats_);
+    return w.take();
+  }
+  Status restore_state(std::span<const uint8_t> state) override {
+    StateReader r(state);
+    if (r.u8() != 'F' || r.u8() != 1 || !r.ok())
+      return Error(Code::kInvalidArgument, "protocol state: not the state of a fedavg peer (layout 1)");
+    const uint64_t round = r.u64(), rng = r.u64();
+    ProtocolStats st;
+    restore_stats(r, st);
+    if (!r.done()) return Error(Code::kCorrupt, "protocol state: fedavg state is malformed");
+    round_ = round;
+    rng_ = SmallRng(rng);
+    stats_ = st;
+    return Ok();
+  }
+
  private:
   // The server probes every client it cannot reach now; a client probes the server.
   void probe(double now, std::vector<Action>& out) {

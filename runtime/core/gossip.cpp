@@ -144,6 +144,39 @@ class Gossip final : public Protocol {
   const ProtocolStats& stats() const override { return stats_; }
   const PeerSampling* sampling() const override { return &sampling_; }
 
+  std::vector<uint8_t> save_state() const override {
+    StateWriter w;
+    w.u8('G');
+    w.u8(1);  // layout version
+    w.u32(static_cast<uint32_t>(ages_.size()));
+    for (auto a : ages_) w.u64(a);
+    w.u32(next_part_);
+    w.u64(rng_.state());
+    save_stats(w, stats_);
+    return w.take();
+  }
+  Status restore_state(std::span<const uint8_t> state) override {
+    StateReader r(state);
+    if (r.u8() != 'G' || r.u8() != 1 || !r.ok())
+      return Error(Code::kInvalidArgument, "protocol state: not the state of a gossip peer (layout 1)");
+    const uint32_t n = r.u32();
+    if (!r.ok() || n != ages_.size())
+      return Error(Code::kInvalidArgument, "protocol state: " + std::to_string(n) + " partition ages, this peer has " +
+                                               std::to_string(ages_.size()));
+    std::vector<uint64_t> ages(n);
+    for (auto& a : ages) a = r.u64();
+    const uint32_t next = r.u32();
+    const uint64_t rng = r.u64();
+    ProtocolStats st;
+    restore_stats(r, st);
+    if (!r.done() || next >= n) return Error(Code::kCorrupt, "protocol state: gossip state is malformed");
+    ages_ = std::move(ages);
+    next_part_ = next;
+    rng_ = SmallRng(rng);
+    stats_ = st;
+    return Ok();
+  }
+
  private:
   // Peers on the retry list (seeds, peers that went down) get a shuffle request with our own
   // descriptor: an answer brings them (back) into the view.

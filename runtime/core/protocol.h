@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -27,6 +28,7 @@
 #include "runtime/config/config.h"
 #include "runtime/core/merge_rule.h"
 #include "runtime/core/peer_sampling.h"
+#include "runtime/core/state_io.h"
 
 namespace mycel::runtime {
 
@@ -90,6 +92,18 @@ struct ProtocolStats {
   uint64_t ages_clamped = 0;       // gossip: received ages cut to local + trust.max_age_lead
 };
 
+// The counters in a core's saved state (Protocol::save_state), in field order.
+inline void save_stats(StateWriter& w, const ProtocolStats& s) {
+  for (uint64_t v : {s.wakeups, s.models_sent, s.models_received, s.merges, s.train_steps, s.shuffles, s.peers_down,
+                     s.no_peer, s.rounds_timed_out, s.rounds_skipped, s.ages_clamped})
+    w.u64(v);
+}
+inline void restore_stats(StateReader& r, ProtocolStats& s) {
+  for (uint64_t* v : {&s.wakeups, &s.models_sent, &s.models_received, &s.merges, &s.train_steps, &s.shuffles,
+                      &s.peers_down, &s.no_peer, &s.rounds_timed_out, &s.rounds_skipped, &s.ages_clamped})
+    *v = r.u64();
+}
+
 class Protocol {
  public:
   virtual ~Protocol() = default;
@@ -111,6 +125,15 @@ class Protocol {
   virtual std::vector<uint64_t> partition_ages() const { return {age()}; }
   virtual const ProtocolStats& stats() const = 0;
   virtual const PeerSampling* sampling() const { return nullptr; }
+  // Checkpoints (runtime/engine/checkpoint.h): what a core needs to go on after a restart (its
+  // age or round, its random generator, its counters), as bytes, taken between inputs. What is
+  // rebuilt by start() (views, liveness, timers) is not in it. restore_state(), before
+  // start(), refuses a blob of another protocol or shape, naming what differs.
+  virtual std::vector<uint8_t> save_state() const { return {}; }
+  virtual Status restore_state(std::span<const uint8_t> state) {
+    if (state.empty()) return Ok();
+    return Error(Code::kUnimplemented, "protocol " + std::string(name()) + " keeps no saved state");
+  }
 };
 
 struct ProtocolOptions {

@@ -10,11 +10,13 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <future>
 #include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include "common/log.h"
 #include "kernels/codec.h"
@@ -30,6 +32,7 @@
 #include "runtime/control/metrics.h"
 #include "runtime/control/server.h"
 #include "runtime/core/protocol.h"
+#include "runtime/engine/checkpoint.h"
 #include "runtime/engine/peer_engine.h"
 #include "runtime/driver/device_ops.h"
 #include "runtime/driver/view_codec.h"
@@ -58,13 +61,19 @@ struct CodecBytes {
 class LivePeer final : public EngineHost {
  public:
   explicit LivePeer(const PeerArgs& a) : args_(a), cfg_(a.cfg), params_(a.cfg.params) {}
+  ~LivePeer() {
+    worker_.drain();
+    if (ckpt_thread_.joinable()) ckpt_thread_.join();
+  }
 
   Status setup();
   Status run(const std::atomic<bool>* stop);
   Status write_class_names(const std::vector<std::string>& names);
+  Status make_out_dir();  // args_.out_dir, or an error naming it (never an exception)
 
  private:
-  double now() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
+  // Seconds into the run: a resumed peer goes on from its checkpoint's time (t_offset_).
+  double now() const { return t_offset_ + std::chrono::duration<double>(Clock::now() - t0_).count(); }
   // EngineHost: the engine's I/O goes to the transport, its compute to the worker thread.
   void send_model(const ModelSend& s) override;
   void send_view(const std::string& to, MsgKind kind, const std::vector<Descriptor>& entries) override;
@@ -122,6 +131,33 @@ class LivePeer final : public EngineHost {
   std::unique_ptr<control::ControlServer> ctl_;
   std::atomic<bool> stop_requested_{false};
 
+  // Checkpoints (runtime/engine/checkpoint.h). The loop takes the protocol state and starts a
+  // job; the worker copies the model, velocity, residual and trainer position (the state every
+  // task posted before it left); a writer thread encodes and writes the file, off the loop and
+  // off the compute thread. One job at a time.
+  using CkptWaiter = std::shared_ptr<std::promise<Result<std::string>>>;
+  struct CkptJob {
+    ckpt::Checkpoint c;
+    std::vector<CkptWaiter> waiters;
+  };
+  Status resume();
+  void start_checkpoint(double t, std::vector<CkptWaiter> waiters);
+  Status copy_compute_state(ckpt::Checkpoint& c);
+  void write_checkpoint(std::shared_ptr<CkptJob> job, Status copied);
+  void wait_checkpoint();  // the job in flight, if any, is done (loop thread, after a drain)
+  std::string ckpt_dir_;
+  ckpt::Header ckpt_want_;
+  uint64_t ckpt_seq_ = 0;
+  std::atomic<bool> ckpt_busy_{false};
+  std::thread ckpt_thread_;  // the writer (started by the worker, joined by the next job or the end)
+  std::mutex ckpt_mu_;
+  std::vector<CkptWaiter> ckpt_requests_;  // POST /checkpoint, waiting for the loop
+  std::atomic<uint64_t> ckpt_written_{0}, ckpt_failed_{0};
+  Status ckpt_last_;  // the last job's outcome (under ckpt_mu_)
+  bool ckpt_closed_ = false;  // under ckpt_mu_: no more requests (the last checkpoint is on its way)
+  double t_offset_ = 0;
+  bool resumed_ = false;
+
   PeerArgs args_;
   ExperimentConfig cfg_;
   ParamStore params_;
@@ -149,6 +185,7 @@ class LivePeer final : public EngineHost {
   std::atomic<uint64_t> seq_{0};  // frame sequence numbers (loop and worker both send)
   Clock::time_point t0_ = Clock::now();
   FILE* csv_ = nullptr;
+  std::atomic<bool> csv_failed_{false};
   std::atomic<double> last_acc_{0}, last_loss_{0};
   std::atomic<uint64_t> age_seen_{0};
   Worker worker_;  // last: destroyed (joined) first, while everything its tasks use still exists
@@ -157,18 +194,18 @@ class LivePeer final : public EngineHost {
 // String labels (a csv: data set) were mapped to 0..C-1 in sorted order: the mapping goes to the
 // run folder as classes.csv (index,name), written whole or not at all.
 Status LivePeer::write_class_names(const std::vector<std::string>& names) {
-  std::filesystem::create_directories(args_.out_dir);
-  const std::string path = args_.out_dir + "/classes.csv";
-  const std::string tmp = path + ".tmp." + std::to_string(args_.id);
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (!f) return Error(Code::kIo, "cannot write " + tmp);
-  bool ok = std::fprintf(f, "index,name\n") > 0;
-  for (size_t i = 0; i < names.size() && ok; ++i) ok = std::fprintf(f, "%zu,%s\n", i, names[i].c_str()) > 0;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return Error(Code::kIo, "cannot write " + path);
-  }
+  MYCEL_CHECK(make_out_dir());
+  std::string text = "index,name\n";
+  for (size_t i = 0; i < names.size(); ++i) text += std::to_string(i) + "," + names[i] + "\n";
+  // Written whole (temporary file, checked writes, fsync, rename) or not at all.
+  return ckpt::write_atomic(args_.out_dir + "/classes.csv",
+                            std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+}
+
+Status LivePeer::make_out_dir() {
+  std::error_code ec;
+  std::filesystem::create_directories(args_.out_dir, ec);
+  if (ec) return Error(Code::kIo, "cannot create the output folder " + args_.out_dir + ": " + ec.message());
   return Ok();
 }
 
@@ -285,20 +322,55 @@ Status LivePeer::setup() {
   MYCEL_ASSIGN_OR_RETURN(engine_, PeerEngine::create(eo, std::move(core), &params_, *dev_, model_->params().data(),
                                                      residual_.data()));
 
+  // Checkpoints: what a checkpoint of this peer must agree on, where they go, and the sequence
+  // to go on from (never reusing a number, even of a damaged file).
+  ckpt_want_.protocol = cfg_.protocol.name;
+  MYCEL_ASSIGN_OR_RETURN(auto mspec, models::parse_model_spec(cfg_.model));
+  ckpt_want_.model = mspec.text();
+  ckpt_want_.num_params = model_->num_params();
+  ckpt_want_.partitions = static_cast<uint32_t>(po.partitions);
+  ckpt_want_.peer_id = args_.id;
+  ckpt_want_.config = ckpt::must_match_keys(cfg_);
+  ckpt_want_.config_hash = ckpt::hash_keys(ckpt_want_.config);
+  ckpt_dir_ = cfg_.checkpoint.dir.empty() ? args_.out_dir : cfg_.checkpoint.dir;
+  if (!ckpt_dir_.empty()) {
+    auto have = ckpt::list(ckpt_dir_, args_.id);
+    if (!have.empty()) ckpt_seq_ = have.front().sequence;
+  }
+  if (cfg_.checkpoint.every_s > 0 && ckpt_dir_.empty())
+    return Error(Code::kInvalidArgument, "checkpoint.every_s is set but there is no folder for checkpoints: set "
+                                         "checkpoint.dir or --out");
+  if (!args_.resume_dir.empty()) MYCEL_CHECK(resume());
+
   if (!args_.out_dir.empty()) {
-    std::filesystem::create_directories(args_.out_dir);
+    MYCEL_CHECK(make_out_dir());
     std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".csv";
-    csv_ = std::fopen(path.c_str(), "w");
-    if (!csv_) return Error(Code::kIo, "cannot write " + path);
-    std::fputs(control::csv_header().c_str(), csv_);
-    std::fflush(csv_);
+    // A resumed peer goes on with the rows it wrote before it stopped.
+    std::error_code ec;
+    const bool append = resumed_ && std::filesystem::file_size(path, ec) > 0 && !ec;
+    csv_ = std::fopen(path.c_str(), append ? "a" : "w");
+    if (!csv_) return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
+    if ((!append && std::fputs(control::csv_header().c_str(), csv_) < 0) || std::fflush(csv_) != 0)
+      return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
   }
   // The control endpoint (off unless control.enabled: `mycel run` turns it on, on loopback).
   if (cfg_.control.enabled) {
     MYCEL_ASSIGN_OR_RETURN(auto copt, control::ServerOptions::from_config(cfg_.control, args_.out_dir));
-    MYCEL_ASSIGN_OR_RETURN(ctl_, control::ControlServer::start(
-                                     copt, control::ControlHooks::for_param_store(params_, &stop_requested_), &box_,
-                                     &events_));
+    auto hooks = control::ControlHooks::for_param_store(params_, &stop_requested_);
+    // POST /checkpoint: the loop writes one at its next cycle; the request waits for the file.
+    hooks.checkpoint = [this]() -> Result<std::string> {
+      auto w = std::make_shared<std::promise<Result<std::string>>>();
+      auto done = w->get_future();
+      {
+        std::lock_guard lk(ckpt_mu_);
+        if (ckpt_closed_) return Error(Code::kUnavailable, "the peer is stopping (its last checkpoint is written)");
+        ckpt_requests_.push_back(w);
+      }
+      if (done.wait_for(std::chrono::seconds(120)) != std::future_status::ready)
+        return Error(Code::kTimeout, "no checkpoint written within 120 s");
+      return done.get();
+    };
+    MYCEL_ASSIGN_OR_RETURN(ctl_, control::ControlServer::start(copt, std::move(hooks), &box_, &events_));
     if (!args_.out_dir.empty()) MYCEL_CHECK(ctl_->write_endpoint_file(args_.out_dir, args_.id, cfg_.control.token_file));
     publish(0, "starting");
     MYCEL_LOG_INFO("runtime", "peer {} control endpoint at {}", args_.id, ctl_->url());
@@ -507,8 +579,11 @@ void LivePeer::evaluate(double t) {
   last_loss_ = e->loss;
   if (csv_) {
     auto snap = snapshot(t, false);
-    std::fputs(control::csv_row(*snap).c_str(), csv_);
-    std::fflush(csv_);
+    // Checked: a row that cannot be written (a full disk) is logged once, and the peer exits
+    // non-zero at the end naming its CSV.
+    if ((std::fputs(control::csv_row(*snap).c_str(), csv_) < 0 || std::fflush(csv_) != 0) && !csv_failed_.exchange(true))
+      MYCEL_LOG_WARN("runtime", "peer {}: cannot write peer-{}.csv ({}): its rows are incomplete", args_.id, args_.id,
+                     std::strerror(errno));
   }
 }
 
@@ -539,6 +614,8 @@ std::shared_ptr<control::PeerSnapshot> LivePeer::snapshot(double t, bool with_li
   s->skipped_steps = c.skipped_steps.load();
   s->sender_mismatches = c.sender_mismatches.load();
   if (ctl_) s->control_refused = ctl_->refused_requests() + ctl_->rejected_connections();
+  s->checkpoints_written = ckpt_written_.load();
+  s->checkpoint_failures = ckpt_failed_.load();
   {
     std::lock_guard lk(eval_mu_);
     s->eval_seconds = eval_hist_;
@@ -571,25 +648,19 @@ void LivePeer::publish(double t, const char* state) {
 Status LivePeer::write_summary(double t) {
   if (args_.out_dir.empty()) return Ok();
   const std::string path = args_.out_dir + "/peer-" + std::to_string(args_.id) + ".json";
-  const std::string tmp = path + ".tmp";
   auto s = snapshot(t, true);
   s->age = engine_->core().age();
   s->state = "done";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (!f) return Error(Code::kIo, "cannot write " + tmp);
   const std::string text = control::summary_json(*s).dump() + "\n";
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return Error(Code::kIo, "cannot write " + path + " (" + std::strerror(errno) + ")");
-  }
-  return Ok();
+  // Whole or not at all: never an empty or half-written result in place (checked writes, fsync).
+  return ckpt::write_atomic(path, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
 }
 
 Status LivePeer::run(const std::atomic<bool>* stop) {
   t0_ = Clock::now();
-  engine_->start(0, *this);
+  engine_->start(now(), *this);
+  const double ckpt_every = cfg_.checkpoint.every_s;
+  double next_ckpt = ckpt_every > 0 ? now() + ckpt_every : std::numeric_limits<double>::infinity();
   double next_publish = 0;
   uint64_t params_seen = params_.version();
   double next_eval = 0;
@@ -613,6 +684,17 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
       }
     }
     if (t >= engine_->next_tick()) engine_->tick(t, *this);
+    if (!ckpt_busy_.load()) {
+      std::vector<CkptWaiter> asked;
+      {
+        std::lock_guard lk(ckpt_mu_);
+        asked.swap(ckpt_requests_);
+      }
+      if (!asked.empty() || t >= next_ckpt) {
+        start_checkpoint(t, std::move(asked));
+        if (t >= next_ckpt) next_ckpt = t + ckpt_every;
+      }
+    }
     flush_outbox();
     double wait = std::min({engine_->next_tick(), next_eval, duration > 0 ? duration : 1e18}) - now();
     if (worker_.pending() > 0) wait = std::min(wait, 0.002);  // an encode may queue a send
@@ -656,8 +738,30 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
   worker_.post([this, t_end] { evaluate(t_end); });
   worker_.drain();
   if (stop_requested_.load()) events_.push("stop", "stopped by the control endpoint");
+  // The last checkpoint, on a clean stop (end of run, SIGTERM, POST /stop): written whole, or
+  // the peer exits non-zero saying why (the previous checkpoint stays in place).
+  Status final_ckpt;
+  {
+    wait_checkpoint();
+    std::vector<CkptWaiter> asked;
+    {
+      std::lock_guard lk(ckpt_mu_);
+      asked.swap(ckpt_requests_);
+      ckpt_closed_ = true;
+    }
+    if (ckpt_every > 0 || !asked.empty()) {
+      start_checkpoint(t_end, std::move(asked));
+      worker_.drain();
+      wait_checkpoint();
+      std::lock_guard lk(ckpt_mu_);
+      if (ckpt_every > 0) final_ckpt = ckpt_last_;
+    }
+  }
   publish(t_end, "done");
   MYCEL_CHECK(write_summary(t_end));
+  if (ckpt_written_.load() || ckpt_failed_.load())
+    MYCEL_LOG_INFO("runtime", "peer {}: {} checkpoints written, {} failed", args_.id, ckpt_written_.load(),
+                   ckpt_failed_.load());
   MYCEL_LOG_INFO("runtime", "peer {} done after {:.1f}s: test accuracy {:.4f}, {} merges, {} bytes sent", args_.id,
                  t_end, last_acc_.load(), m().merges.load(), m().bytes_sent.load());
   // Let in-flight sends finish briefly, then close.
@@ -670,7 +774,137 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
     return Error(Code::kIo, "cannot write peer-" + std::to_string(args_.id) + ".csv: " + std::strerror(errno));
   }
   csv_ = nullptr;
+  if (csv_failed_.load())
+    return Error(Code::kIo, "peer-" + std::to_string(args_.id) + ".csv is incomplete: rows could not be written");
+  if (!final_ckpt.is_ok()) return Error(final_ckpt.code(), "the last checkpoint: " + final_ckpt.message());
   return Ok();
+}
+
+Status LivePeer::resume() {
+  std::vector<std::string> skipped;
+  auto l = ckpt::load_latest(args_.resume_dir, ckpt_want_, &skipped);
+  for (const auto& why : skipped) {
+    MYCEL_LOG_WARN("runtime", "skipping a damaged checkpoint: {}", why);
+    std::fprintf(stderr, "mycel peer %d: skipping a damaged checkpoint: %s\n", args_.id, why.c_str());
+  }
+  if (!l) return l.status();
+  const ckpt::Checkpoint& c = l->ckpt;
+  const size_t n = model_->num_params();
+  MYCEL_CHECK(model_->params().upload(c.params.data(), n));
+  auto& vel = trainer_->optimizer().velocity();
+  if (!c.velocity.empty() && vel.data()) MYCEL_CHECK(vel.upload(c.velocity.data(), n));
+  if (!c.residual.empty()) {
+    MYCEL_CHECK(residual_.upload(c.residual.data(), n));
+    engine_->set_residual_codec(c.residual_codec);
+  }
+  MYCEL_CHECK(trainer_->restore_position(models::Trainer::Position{c.trainer.orders_drawn, c.trainer.cursor,
+                                                                   c.trainer.sgd_steps, c.trainer.epoch}));
+  if (Status s = engine_->core().restore_state(c.protocol_state); !s.is_ok())
+    return Error(s.code(), l->path + ": " + s.message());
+  auto live = apply_param_changes(*params_.get(), c.live_params);
+  if (!live) return Error(live.status().code(), l->path + ": live parameters: " + live.status().message());
+  MYCEL_CHECK(params_.restore(std::move(live).value(), c.params_version));
+  std::map<std::string, uint64_t> counters(c.counters.begin(), c.counters.end());
+  m().for_each([&counters](const char* name, std::atomic<uint64_t>& v) {
+    if (auto it = counters.find(name); it != counters.end()) v = it->second;
+  });
+  MYCEL_CHECK(dev_->sync());
+  t_offset_ = c.header.peer_seconds;
+  resumed_ = true;
+  age_seen_ = engine_->core().age();
+  ckpt_seq_ = std::max(ckpt_seq_, c.header.sequence);
+  MYCEL_LOG_INFO("runtime", "peer {} resumes from {} (age {}, {:.1f} s into the run)", args_.id, l->path,
+                 engine_->core().age(), c.header.peer_seconds);
+  std::fprintf(stderr, "mycel peer %d: resuming from %s (checkpoint %llu, age %llu, %.1f s into the run)\n", args_.id,
+               l->path.c_str(), static_cast<unsigned long long>(c.header.sequence),
+               static_cast<unsigned long long>(engine_->core().age()), c.header.peer_seconds);
+  return Ok();
+}
+
+// Loop thread: the protocol's state now; the rest is copied by the worker after every task
+// posted before (so model and protocol state agree), and written by the writer thread.
+void LivePeer::start_checkpoint(double t, std::vector<CkptWaiter> waiters) {
+  auto job = std::make_shared<CkptJob>();
+  job->waiters = std::move(waiters);
+  if (ckpt_dir_.empty()) {
+    write_checkpoint(job, Error(Code::kInvalidArgument, "no checkpoint folder: set checkpoint.dir or --out"));
+    return;
+  }
+  ckpt::Checkpoint& c = job->c;
+  c.header = ckpt_want_;
+  c.header.sequence = ++ckpt_seq_;
+  c.header.peer_seconds = t;
+  c.header.unix_time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  c.header.age = engine_->core().age();
+  c.protocol_state = engine_->core().save_state();
+  c.live_params = live_param_values(*params_.get());
+  c.params_version = params_.version();
+  m().for_each([&c](const char* name, const std::atomic<uint64_t>& v) { c.counters.emplace_back(name, v.load()); });
+  ckpt_busy_ = true;
+  worker_.post([this, job] {
+    Status s = copy_compute_state(job->c);
+    if (ckpt_thread_.joinable()) ckpt_thread_.join();  // the previous writer (already done)
+    ckpt_thread_ = std::thread([this, job, s] { write_checkpoint(job, s); });
+  });
+}
+
+// Worker thread.
+Status LivePeer::copy_compute_state(ckpt::Checkpoint& c) {
+  const size_t n = model_->num_params();
+  c.params.resize(n);
+  MYCEL_CHECK(model_->params().download(c.params.data(), n));
+  auto& vel = trainer_->optimizer().velocity();
+  if (vel.data()) {
+    c.velocity.resize(n);
+    MYCEL_CHECK(vel.download(c.velocity.data(), n));
+  }
+  c.residual_codec = engine_->residual_codec();
+  if (!c.residual_codec.empty()) {
+    c.residual.resize(n);
+    MYCEL_CHECK(residual_.download(c.residual.data(), n));
+  }
+  const auto pos = trainer_->position();
+  c.trainer = ckpt::TrainerPos{pos.orders_drawn, pos.cursor, pos.sgd_steps, pos.epoch};
+  return Ok();
+}
+
+// Writer thread (or the loop, for a job that could not start).
+void LivePeer::write_checkpoint(std::shared_ptr<CkptJob> job, Status copied) {
+  Status s = copied;
+  std::string path;
+  if (s.is_ok()) {
+    const auto bytes = ckpt::encode(job->c);
+    path = ckpt_dir_ + "/" + ckpt::file_name(args_.id, job->c.header.sequence);
+    std::error_code ec;
+    std::filesystem::create_directories(ckpt_dir_, ec);
+    s = ckpt::write_atomic(path, bytes);
+    if (s.is_ok()) ckpt::prune(ckpt_dir_, args_.id, cfg_.checkpoint.keep);
+  }
+  if (s.is_ok()) {
+    ++ckpt_written_;
+    MYCEL_LOG_DEBUG("runtime", "peer {} checkpoint {} written", args_.id, path);
+    if (ctl_) events_.push("checkpoint", path);
+  } else {
+    const uint64_t k = ++ckpt_failed_;
+    if (k <= 16 || (k & (k - 1)) == 0)
+      MYCEL_LOG_WARN("runtime", "peer {}: checkpoint failed ({} so far), the previous one is kept: {}", args_.id, k,
+                     s.to_string());
+    if (ctl_) events_.push("checkpoint_failed", s.message());
+  }
+  {
+    std::lock_guard lk(ckpt_mu_);
+    ckpt_last_ = s;
+  }
+  for (auto& w : job->waiters) {
+    w->set_value(s.is_ok() ? Result<std::string>(path) : Result<std::string>(s));
+  }
+  ckpt_busy_ = false;
+}
+
+void LivePeer::wait_checkpoint() {
+  while (ckpt_busy_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  worker_.drain();  // the task that started the writer has returned: ckpt_thread_ is set
+  if (ckpt_thread_.joinable()) ckpt_thread_.join();
 }
 
 }  // namespace

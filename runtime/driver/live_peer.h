@@ -20,6 +20,9 @@ struct PeerArgs {
   std::vector<std::string> peers;   // every peer's address, index = id (D-PSGD, FedAvg)
   std::string out_dir;              // where peer-ID.csv and peer-ID.json go ("" = none)
   int threads = 0;                  // CPU threads (0: all cores)
+  // A folder of checkpoints to go on from (the newest whole one of this peer; a damaged one is
+  // skipped for the one before it); "" : start from the initial model.
+  std::string resume_dir;
 };
 
 // Runs the peer until the config's duration or rounds, or until *stop becomes true. Errors

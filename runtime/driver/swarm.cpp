@@ -179,10 +179,24 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
   std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now_t));
   SwarmSummary sum;
   sum.peers = n;
-  sum.run_dir = cfg.output + "/" + cfg.name + "-" + stamp;
+  const bool resume = !opt.resume_dir.empty();
+  sum.run_dir = resume ? opt.resume_dir : cfg.output + "/" + cfg.name + "-" + stamp;
   std::error_code ec;
-  fs::create_directories(sum.run_dir, ec);
-  if (ec) return Error(Code::kIo, "cannot create " + sum.run_dir + ": " + ec.message());
+  if (resume) {
+    if (!fs::is_directory(sum.run_dir, ec)) return Error(Code::kNotFound, "no run folder " + sum.run_dir + " to resume");
+    // The results of the run that stopped are not this run's: a peer that fails now must not
+    // be counted finished from its old peer-ID.json.
+    for (int i = 0; i < n; ++i) fs::remove(sum.run_dir + "/peer-" + std::to_string(i) + ".json", ec);
+  } else {
+    fs::create_directories(sum.run_dir, ec);
+    if (ec) return Error(Code::kIo, "cannot create " + sum.run_dir + ": " + ec.message());
+    // What `mycel run --resume RUN_DIR` restarts with: the config and the overrides.
+    fs::copy_file(opt.config_path, sum.run_dir + "/config.yaml", fs::copy_options::overwrite_existing, ec);
+    if (ec) return Error(Code::kIo, "cannot copy " + opt.config_path + " into " + sum.run_dir + ": " + ec.message());
+    std::ofstream ov(sum.run_dir + "/overrides.txt");
+    for (const auto& o : opt.overrides) ov << o << "\n";
+    if (!ov.flush()) return Error(Code::kIo, "cannot write " + sum.run_dir + "/overrides.txt");
+  }
   {
     std::ofstream resolved(sum.run_dir + "/config.resolved.txt");
     for (const auto& [k, v] : cfg.flat) resolved << k << ": " << v << "\n";
@@ -192,7 +206,7 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
   std::vector<std::string> key_set;
   if (cfg.transport.key_file.empty()) {
     const std::string key = fs::absolute(sum.run_dir + "/swarm.key").string();
-    MYCEL_CHECK(transport::make_key_file(key, 1));
+    if (!(resume && fs::exists(key, ec))) MYCEL_CHECK(transport::make_key_file(key, 1));
     key_set = {"--set", "transport.key_file=" + key};
   }
 
@@ -239,12 +253,16 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
       args.push_back("--set");
       args.push_back(o);
     }
+    if (resume) {
+      args.push_back("--resume");
+      args.push_back(cfg.checkpoint.dir.empty() ? sum.run_dir : cfg.checkpoint.dir);
+    }
     args.insert(args.end(), key_set.begin(), key_set.end());
     std::string log = sum.run_dir + "/peer-" + std::to_string(i) + ".log";
     pid_t pid = fork();
     if (pid < 0) return Error(Code::kIo, std::string("fork failed: ") + std::strerror(errno));
     if (pid == 0) {
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | (resume ? O_APPEND : O_TRUNC), 0644);
       if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);
@@ -260,7 +278,7 @@ Result<SwarmSummary> run_swarm(const SwarmOptions& opt, const std::atomic<bool>*
     }
     kids[i] = Child{pid, true, 0};
   }
-  std::fprintf(stderr, "mycel run: %d peers (%s, %s, %s) -> %s\n", n, cfg.protocol.name.c_str(), cfg.model.c_str(),
+  std::fprintf(stderr, "mycel run: %s%d peers (%s, %s, %s) -> %s\n", resume ? "resuming " : "", n, cfg.protocol.name.c_str(), cfg.model.c_str(),
                cfg.params.codec.c_str(), sum.run_dir.c_str());
 
   const bool tty = isatty(2);

@@ -23,6 +23,9 @@ struct SwarmOptions {
   int threads_per_peer = 0;              // 0: cores / peers, at least 1
   std::string log_level = "warn";        // peers' log level (their logs go to peer-ID.log)
   bool control = true;                   // control endpoints on (token + control-ID.json)
+  // A run folder to restart (`mycel run --resume`): every peer goes on from its newest whole
+  // checkpoint there (or in checkpoint.dir), on new ports, appending to its CSV and log.
+  std::string resume_dir;
 };
 
 struct SwarmSummary {

@@ -62,6 +62,17 @@ struct PeerCounters {
   // Fixed membership: model frames whose header sender id is not the id of the (authenticated)
   // peer they came from; also counted in rejected_frames.
   std::atomic<uint64_t> sender_mismatches{0};
+
+  // Every counter by name (checkpoints carry them, so a resumed peer's figures go on).
+  template <typename F>
+  void for_each(F&& f) {
+    f("bytes_sent", bytes_sent), f("bytes_received", bytes_received), f("frames_sent", frames_sent);
+    f("frames_received", frames_received), f("model_bytes_sent", model_bytes_sent);
+    f("fp32_bytes_equivalent", fp32_bytes_equivalent), f("models_sent", models_sent), f("merges", merges);
+    f("train_steps", train_steps), f("rejected_frames", rejected_frames), f("rejected_payloads", rejected_payloads);
+    f("dropped_sends", dropped_sends), f("send_failures", send_failures), f("skipped_steps", skipped_steps);
+    f("unreached_sends", unreached_sends), f("sender_mismatches", sender_mismatches);
+  }
 };
 
 // A model to send, decided by the engine (codec, slice) and carried out by the driver: it finds
@@ -160,6 +171,10 @@ class PeerEngine {
     return opt_.num_params * p / static_cast<size_t>(opt_.partitions);
   }
   size_t held() const { return held_.size(); }
+  // Checkpoints: the codec the error-feedback residual belongs to ("" : none yet); compute
+  // context only, as the residual itself.
+  const std::string& residual_codec() const { return residual_codec_; }
+  void set_residual_codec(std::string codec) { residual_codec_ = std::move(codec); }
 
  private:
   PeerEngine(const EngineOptions& opt, std::unique_ptr<Protocol> core, const ParamStore* params, Device& dev,
