@@ -68,7 +68,7 @@ const std::vector<ConfigKey> kSchema = {
     {"trust.max_age_lead", K::kInt, "1000", 0, kBig, "", true, "gossip: a received model's age counts for at most this many updates more than the local model's (in the merge weight and in age = max), so a forged age gets no weight near 1 and does not spread; cut ages are counted (ages_clamped)"},
     {"trust.max_abs_param", K::kFloat, "1e4", 0, 1e38, "", true, "a received model holding a value of larger magnitude is refused before it touches the local model (counted in rejected_payloads; int8/int4: scale x qmax); 0: no bound"},
     {"codec.spec", K::kString, "int8", 0, 0, "", true, "codec of model exchanges: fp32 fp16 bf16 int8[:block=B] int4[:block=B] topk:F randk:F [+zstd]"},
-    {"codec.error_feedback", K::kBool, "true", 0, 0, "", true, "keep the compression error and add it to the next message"},
+    {"codec.error_feedback", K::kBool, "true", 0, 0, "", true, "keep a dense lossy codec's rounding error and add it to the next message (sparse codecs send whole values: none)"},
     {"transport.key_file", K::kString, "", 0, 0, "", false, "bootstrap key file (`mycel keygen --out FILE`, mode 0600): peers authenticate each other with it; empty: unauthenticated, with a warning (mycel run then makes one per run in the run folder)"},
     {"peers.count", K::kInt, "16", 1, 10000000, "", false, "number of peers (local swarm or simulation)"},
     {"peers.addresses", K::kStringList, "", 0, 0, "", false, "explicit peer addresses (deployment); empty: local peers on loopback"},

@@ -259,7 +259,12 @@ Result<size_t> PeerEngine::encode_frame(const ModelSend& s, uint64_t seq, std::s
   if (room.size() < tp::kFrameHeaderBytes) return Error(Code::kOutOfRange, "frame buffer too small");
   float* residual = nullptr;
   auto p = params_->get();
-  if (residual_ && p->error_feedback && codec_is_lossy(s.spec.id)) {
+  // Error feedback carries a dense codec's rounding error into the next send. A sparse codec
+  // (top-k, random-k) sends whole model values and the receiver merges only those coordinates:
+  // there is no error to carry, and a residual would add the whole model to itself for every
+  // send a coordinate misses (top-k 1%: values near 100x the model's, refused by the receivers'
+  // trust.max_abs_param bound). So sparse codecs send without a residual.
+  if (residual_ && p->error_feedback && codec_is_lossy(s.spec.id) && !codec_is_sparse(s.spec.id)) {
     if (residual_codec_ != s.codec) {  // a new codec starts with a clean residual
       MYCEL_CHECK(dev_.memset(residual_, 0, opt_.num_params * sizeof(float)));
       residual_codec_ = s.codec;

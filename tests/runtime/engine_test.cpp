@@ -191,6 +191,37 @@ TEST(PeerEngine, ErrorFeedbackResidualIsResetWhenTheCodecChanges) {
   for (float x : f.residual) ASSERT_LT(std::fabs(x), 1.f) << "the residual of the old codec was carried over";
 }
 
+// Whole models sent sparse: the residual would gain the whole value of every coordinate a send
+// misses (top-k 1% of a model: values ~100x the model's after a hundred sends), so a sparse
+// codec sends without error feedback even when codec.error_feedback is on.
+TEST(PeerEngine, SparseCodecsOfWholeModelsKeepNoResidual) {
+  Fixture f(64);
+  for (size_t i = 0; i < f.model.size(); ++i) f.model[i] = 0.5f + 0.01f * static_cast<float>(i);
+  RuntimeParams p = *f.params.get();
+  p.error_feedback = true;
+  for (const char* codec : {"topk:0.05", "randk:0.05"}) {
+    p.codec = codec;
+    ASSERT_TRUE(f.params.replace(p).is_ok());
+    for (int k = 0; k < 50; ++k) {
+      f.core->next.push_back({SendModel{"b", MsgKind::kModel, 0, 0, 0}});
+      f.engine->tick(k, f.host);
+      std::vector<uint8_t> room(f.host.models.back().frame_bytes);
+      ASSERT_TRUE(f.engine->encode_frame(f.host.models.back(), uint64_t(k + 1), room, f.host.enc).is_ok()) << codec;
+    }
+    for (float x : f.residual) ASSERT_EQ(x, 0.f) << codec << ": a sparse send left a residual";
+  }
+  // A dense lossy codec still keeps its rounding error.
+  p.codec = "int4";
+  ASSERT_TRUE(f.params.replace(p).is_ok());
+  f.core->next.push_back({SendModel{"b", MsgKind::kModel, 0, 0, 0}});
+  f.engine->tick(100, f.host);
+  std::vector<uint8_t> room(f.host.models.back().frame_bytes);
+  ASSERT_TRUE(f.engine->encode_frame(f.host.models.back(), 100, room, f.host.enc).is_ok());
+  double r = 0;
+  for (float x : f.residual) r += std::fabs(x);
+  EXPECT_GT(r, 0) << "int4 leaves its rounding error in the residual";
+}
+
 TEST(PeerEngine, ModelFramesAreCheckedThenMergedIntoTheirSlice) {
   Fixture f(10, 2);
   // A slice of the wrong length is refused before the core sees it.
