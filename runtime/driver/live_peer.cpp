@@ -291,25 +291,10 @@ Status LivePeer::setup() {
   fl.max_payload_bytes = to.max_frame_bytes;
   decoder_ = std::make_unique<tp::FrameDecoder>(fl);
 
-  ProtocolOptions po;
+  ProtocolOptions po = protocol_options(cfg_, args_.id, fed_server ? 0 : shard_.n);
   po.self = tr_->local_address();
   po.seeds = args_.seeds;
-  po.seed = cfg_.seed * 7777 + static_cast<uint64_t>(args_.id);
-  po.view_size = cfg_.protocol.view_size;
   po.peers = args_.peers;
-  po.id = args_.id;
-  po.experiment_seed = cfg_.seed;
-  po.topology = cfg_.protocol.topology;
-  po.degree = cfg_.protocol.degree;
-  po.round_timeout_s = cfg_.protocol.peer_timeout_s;
-  po.startup_timeout_s = cfg_.protocol.startup_timeout_s;
-  po.max_rounds = cfg_.rounds;
-  po.client_fraction = cfg_.protocol.client_fraction;
-  po.local_epochs = cfg_.protocol.local_epochs;
-  po.local_samples = fed_server ? 0 : shard_.n;
-  po.batch = cfg_.train.batch;
-  const bool gossip = cfg_.protocol.name == "gossip" || cfg_.protocol.name == "push-pull";
-  po.partitions = gossip ? cfg_.protocol.partitions : 1;
   MYCEL_ASSIGN_OR_RETURN(auto core, make_protocol(cfg_.protocol.name, po, &params_));
   EngineOptions eo;
   eo.id = args_.id;

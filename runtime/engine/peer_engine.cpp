@@ -10,6 +10,26 @@ namespace mycel::runtime {
 
 namespace tp = mycel::transport;
 
+ProtocolOptions protocol_options(const ExperimentConfig& cfg, int id, uint64_t local_samples) {
+  ProtocolOptions po;
+  po.seed = cfg.seed * 7777 + static_cast<uint64_t>(id);
+  po.view_size = cfg.protocol.view_size;
+  po.id = id;
+  po.experiment_seed = cfg.seed;
+  po.topology = cfg.protocol.topology;
+  po.degree = cfg.protocol.degree;
+  po.round_timeout_s = cfg.protocol.peer_timeout_s;
+  po.startup_timeout_s = cfg.protocol.startup_timeout_s;
+  po.max_rounds = cfg.rounds;
+  po.client_fraction = cfg.protocol.client_fraction;
+  po.local_epochs = cfg.protocol.local_epochs;
+  po.local_samples = local_samples;
+  po.batch = cfg.train.batch;
+  const bool gossip = cfg.protocol.name == "gossip" || cfg.protocol.name == "push-pull";
+  po.partitions = gossip ? cfg.protocol.partitions : 1;
+  return po;
+}
+
 Result<std::unique_ptr<PeerEngine>> PeerEngine::create(const EngineOptions& opt, std::unique_ptr<Protocol> core,
                                                        const ParamStore* params, Device& dev, float* model,
                                                        float* residual) {

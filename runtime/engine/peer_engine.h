@@ -117,6 +117,10 @@ class EngineHost {
   virtual void recycle(std::vector<uint8_t>&& bytes) { (void)bytes; }
 };
 
+// The protocol core's options for peer `id` from the experiment config: the one place both
+// drivers build them. The addresses (self, seeds, peers) are the driver's to fill in.
+ProtocolOptions protocol_options(const ExperimentConfig& cfg, int id, uint64_t local_samples);
+
 struct EngineOptions {
   int id = 0;                 // sender id in frame headers
   std::string protocol;       // gossip | push-pull | dpsgd | fedavg

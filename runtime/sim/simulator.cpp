@@ -701,7 +701,7 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
   }
   const int seeds = cfg.sim.seeds > 0 ? cfg.sim.seeds : cfg.protocol.view_size;
   for (size_t p = 0; p < N; ++p) {
-    ProtocolOptions po;
+    ProtocolOptions po = protocol_options(cfg, static_cast<int>(p), sh->peers[p].shard_n);
     po.self = sh->addresses[p];
     if (gossip) {
       SmallRng r(cfg.seed * 31 + p);
@@ -713,20 +713,6 @@ Result<SimResult> run_simulation(const ExperimentConfig& cfg, const SimOptions& 
     } else {
       po.peers = *members;
     }
-    po.seed = cfg.seed * 7777 + p;
-    po.view_size = cfg.protocol.view_size;
-    po.id = static_cast<int>(p);
-    po.experiment_seed = cfg.seed;
-    po.topology = cfg.protocol.topology;
-    po.degree = cfg.protocol.degree;
-    po.round_timeout_s = cfg.protocol.peer_timeout_s;
-    po.startup_timeout_s = cfg.protocol.startup_timeout_s;
-    po.max_rounds = cfg.rounds;
-    po.client_fraction = cfg.protocol.client_fraction;
-    po.local_epochs = cfg.protocol.local_epochs;
-    po.local_samples = sh->peers[p].shard_n;
-    po.batch = cfg.train.batch;
-    po.partitions = gossip ? cfg.protocol.partitions : 1;
     const ParamStore* params = sh->worker_params[static_cast<size_t>(sh->worker_of(static_cast<uint32_t>(p)))].get();
     MYCEL_ASSIGN_OR_RETURN(auto core, make_protocol(proto, po, params));
     EngineOptions eo;
