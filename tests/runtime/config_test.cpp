@@ -270,6 +270,19 @@ TEST(Config, SecondYamlDocumentIsRefused) {
   EXPECT_NE(c.status().message().find("second YAML document"), std::string::npos) << c.status().message();
 }
 
+// Found by the config fuzzer: yaml-cpp 0.7's LoadAll loops for ever (allocating) on this text;
+// the reader asks the parser for two documents at most and answers with an error.
+TEST(Config, MalformedTextThatLoopsYamlCppLoadAllIsAnError) {
+  const std::string text("[1, ],23 \n\xb4", 11);
+  auto c = parse_config(text, "t.yaml");
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_NE(c.status().message().find("t.yaml:"), std::string::npos) << c.status().message();
+  for (const char* t : {",", "[:", "{:", "bad YAML: ["}) {
+    auto r = parse_config(t, "u.yaml");
+    EXPECT_FALSE(r.is_ok()) << "'" << t << "' was accepted";
+  }
+}
+
 class ConfigFiles : public ::testing::Test {
  protected:
   void SetUp() override {
