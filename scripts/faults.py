@@ -286,7 +286,7 @@ def main():
     pending = []  # (time, peer) restarts due
     down = set()
     slow_state, next_slow = False, 0.0
-    lag = 0.0
+    skipped = 0  # planned kills of a peer down or restarted less than 2 s before
 
     def do_kill(p, mode, note, writing=None):
         pr = sw.proc[p]
@@ -307,6 +307,7 @@ def main():
         while events and events[0][0] <= now:
             _, _, p, mode = events.pop(0)
             if p in down or p in armed or (sw.segments[p] and now - sw.segments[p][-1][1] < 2.0):
+                skipped += 1
                 continue
             if mode == "ckpt" and ino.fd >= 0:
                 armed[p] = now + 3.0
@@ -511,7 +512,7 @@ def main():
     # ---- Report.
     print(f"\nkills: {len(kills)} ({sum(k['mode'] == 'ckpt' for k in kills)} at the creation of a checkpoint's "
           f"temporary file, {sum(1 for r in resumes if r.get('mid_write'))} of them before that checkpoint "
-          f"was complete), "
+          f"was complete; {skipped} planned kill(s) left out: the peer was down or restarted < 2 s before), "
           f"resumes: {sum(1 for r in resumes if 'checkpoint' in r)}, temporary files left by killed writers: "
           f"{len(tmps)}, checkpoints on disk: {len(ckpts)}, loaded by mycel: {loaded}/{len(ckpts)}")
     print("\n| peer | killed at s | mode | checkpoint used | ckpt age | ckpt s | acc at ckpt | first eval after: age | acc |"
