@@ -403,7 +403,15 @@ def main():
                     json.load(f)
             except ValueError as e:
                 fail(f"full disk: peer-{full_peer}.json is not whole JSON: {e}")
-        full_report = (full_rc, named[-1] if named else "", files)
+        csvp = os.path.join(full_dir, f"peer-{full_peer}.csv")
+        csv_tail = ""
+        if os.path.exists(csvp):
+            with open(csvp, "rb") as f:
+                data = f.read()
+            csv_tail = "whole rows" if data.endswith(b"\n") else "ends in the middle of a row"
+        ck_fail = sum("checkpoint failed" in l for l in log.splitlines())
+        shutil.copytree(full_dir, os.path.join(work, "full-left"), ignore=shutil.ignore_patterns("filler"))
+        full_report = (full_rc, named[-1] if named else "", files, csv_tail, ck_fail)
         subprocess.run(["umount", full_dir])
     if ino.fd < 0:
         print("note: inotify unavailable: every kill was at a random moment")
@@ -544,10 +552,11 @@ def main():
     for p, a0, a1, age in slow_report:
         print(f"slow peer {p} (SIGSTOP 0.8 s of every 1 s): accuracy {a0:.4f} -> {a1:.4f}, age {age:.0f}")
     if full_report:
-        rc, msg, files = full_report
+        rc, msg, files, csv_tail, ck_fail = full_report
         print(f"full disk (peer {full_peer}, 1 MB tmpfs filled at {a.warmup / 2:.0f} s): exit {rc}; "
-              f"last message naming it: {msg.strip() or '-'}; files left: "
-              + ", ".join(f"{n} {z} B" for n, z in sorted(files.items())))
+              f"last message naming it: {msg.strip() or '-'}; checkpoint failures logged: {ck_fail}; files left: "
+              + ", ".join(f"{n} {z} B" for n, z in sorted(files.items()))
+              + (f"; peer-{full_peer}.csv: {csv_tail}" if csv_tail else ""))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"kills": kills, "resumes": resumes, "tmp_left": tmps, "checkpoints": len(ckpts),
