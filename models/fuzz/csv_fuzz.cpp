@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/fuzz_seeds.h"
 #include "common/log.h"
 #include "models/data/user_data.h"
 
@@ -37,19 +38,7 @@ int write_corpus(const char* dir) {
       "\x00" "1e39,nan,inf,+1,-0,1e-50,0x10\n"sv,
       "\x00" "\x93NUMPY\x01\x00\x76\x00{'descr': '<f4', 'fortran_order': False, 'shape': (2, 1), }"sv,
   };
-  int i = 0;
-  for (std::string_view s : seeds) {
-    std::string path = std::string(dir) + "/seed-" + std::to_string(i++);
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f) {
-      std::perror(path.c_str());
-      return 1;
-    }
-    std::fwrite(s.data(), 1, s.size(), f);
-    std::fclose(f);
-  }
-  std::printf("wrote %d seed files to %s\n", i, dir);
-  return 0;
+  return mycel::fuzz::write_seed_files(dir, seeds);
 }
 
 }  // namespace

@@ -23,11 +23,15 @@
 
 #include "common/version.h"
 #include "runtime/engine/checkpoint.h"
+#include "tests/runtime/process_util.h"
 
 namespace mycel::runtime {
 namespace {
 
 namespace fs = std::filesystem;
+using mycel::test::free_port;
+using mycel::test::spawn;
+using mycel::test::wait_exit;
 using Clock = std::chrono::steady_clock;
 
 std::string mycel_bin() { return std::string(MYCEL_BINARY_DIR) + "/bin/mycel"; }
@@ -37,51 +41,6 @@ bool have_spambase() {
   fs::path dir = d && *d ? fs::path(d) : fs::path(MYCEL_SOURCE_DIR) / "data";
   setenv("MYCEL_DATA", dir.c_str(), 1);
   return fs::exists(dir / "spambase");
-}
-
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    if (f) {
-      dup2(fileno(f), 1);
-      dup2(fileno(f), 2);
-    }
-    setenv("OPENBLAS_NUM_THREADS", "1", 1);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Waits at most `limit`; a process still running then is killed (the test fails, never hangs).
-int wait_exit(pid_t pid, std::chrono::seconds limit = std::chrono::seconds(60)) {
-  const auto until = Clock::now() + limit;
-  int st = 0;
-  while (waitpid(pid, &st, WNOHANG) == 0) {
-    if (Clock::now() > until) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &st, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 std::string slurp(const fs::path& path) {

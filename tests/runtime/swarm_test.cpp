@@ -25,10 +25,14 @@
 #include "kernels/device.h"
 #include "transport/frame.h"
 #include "transport/transport.h"
+#include "tests/runtime/process_util.h"
 
 namespace {
 
 namespace fs = std::filesystem;
+using mycel::test::free_port;
+using mycel::test::spawn;
+using mycel::test::wait_exit;
 
 std::string mycel_bin() { return std::string(MYCEL_BINARY_DIR) + "/bin/mycel"; }
 
@@ -46,42 +50,6 @@ bool have_spambase() {
     if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase"; \
     if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();    \
   } while (0)
-
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    if (f) {
-      dup2(fileno(f), 1);
-      dup2(fileno(f), 2);
-    }
-    setenv("OPENBLAS_NUM_THREADS", "1", 1);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int st = 0;
-  waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
 
 std::string slurp(const std::string& path) {
   std::ifstream f(path);

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/fuzz_seeds.h"
 #include "common/log.h"
 #include "runtime/config/config.h"
 
@@ -45,19 +46,7 @@ int write_corpus(const char* dir) {
       "x: &a [*a]\n",
       "train: {batch: 1.5}\n",
   };
-  int n = 0;
-  for (const auto& s : seeds) {
-    std::string path = std::string(dir) + "/seed-" + std::to_string(n++);
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f) {
-      std::perror(path.c_str());
-      return 1;
-    }
-    std::fwrite(s.data(), 1, s.size(), f);
-    std::fclose(f);
-  }
-  std::printf("wrote %d seed configs to %s\n", n, dir);
-  return 0;
+  return mycel::fuzz::write_seed_files(dir, seeds);
 }
 
 // The defaults (an empty config), parsed once.

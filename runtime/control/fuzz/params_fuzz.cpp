@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/fuzz_seeds.h"
 #include "common/log.h"
 #include "runtime/config/config.h"
 #include "runtime/control/server.h"
@@ -69,19 +70,7 @@ int write_corpus(const char* dir) {
       "{\"codec.spec\": \"\\u0000\"}",
       R"({"train.local_steps": 99999999999999999999999})",
   };
-  int n = 0;
-  for (const auto& s : seeds) {
-    std::string path = std::string(dir) + "/seed-" + std::to_string(n++);
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f) {
-      std::perror(path.c_str());
-      return 1;
-    }
-    std::fwrite(s.data(), 1, s.size(), f);
-    std::fclose(f);
-  }
-  std::printf("wrote %d seed bodies to %s\n", n, dir);
-  return 0;
+  return mycel::fuzz::write_seed_files(dir, seeds);
 }
 
 }  // namespace

@@ -1,0 +1,33 @@
+// For libFuzzer targets (scripts/fuzz.sh): writes a seed corpus, one file per input named
+// seed-N, into dir. Returns 0, or 1 after printing why a file could not be written.
+#pragma once
+
+#include <cstdio>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mycel::fuzz {
+
+template <typename Strings>
+int write_seed_files(const char* dir, const Strings& seeds) {
+  int i = 0;
+  for (std::string_view s : seeds) {
+    std::string path = std::string(dir) + "/seed-" + std::to_string(i++);
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) {
+      std::perror(path.c_str());
+      return 1;
+    }
+    bool ok = std::fwrite(s.data(), 1, s.size(), f) == s.size();
+    ok = std::fclose(f) == 0 && ok;
+    if (!ok) {
+      std::perror(path.c_str());
+      return 1;
+    }
+  }
+  std::printf("wrote %d seed files to %s\n", i, dir);
+  return 0;
+}
+
+}  // namespace mycel::fuzz
