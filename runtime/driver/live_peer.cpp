@@ -1,6 +1,9 @@
 #include "runtime/driver/live_peer.h"
 
+#include <fcntl.h>
 #include <malloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -56,6 +59,73 @@ namespace tp = mycel::transport;
 struct CodecBytes {
   std::mutex mu;
   std::map<std::string, uint64_t> bytes;  // model bytes sent per codec
+};
+
+// The peer's CSV: whole rows or nothing. Each row goes out in write() calls on the file itself
+// (no stdio buffer that could flush half a row later); a row that cannot be written whole (a
+// full disk) is cut back off, so the file always ends with a complete row. Opened to append
+// (a resumed peer), a torn last line left by a crash is cut back to the last newline first.
+class RowFile {
+ public:
+  RowFile() = default;
+  RowFile(const RowFile&) = delete;
+  RowFile& operator=(const RowFile&) = delete;
+  ~RowFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Status open(const std::string& path, bool append, const std::string& header) {
+    path_ = path;
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (append ? 0 : O_TRUNC), 0644);
+    if (fd_ < 0) return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) return Error(Code::kIo, "cannot stat " + path + ": " + std::strerror(errno));
+    size_ = append ? st.st_size : 0;
+    if (size_ > 0) {  // keep whole lines only
+      int rfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      off_t end = size_;
+      char c = 0;
+      while (rfd >= 0 && end > 0 && ::pread(rfd, &c, 1, end - 1) == 1 && c != '\n') --end;
+      if (rfd >= 0) ::close(rfd);
+      if (end != size_) {
+        if (::ftruncate(fd_, end) != 0) return Error(Code::kIo, "cannot trim " + path + ": " + std::strerror(errno));
+        MYCEL_LOG_WARN("runtime", "{}: a torn last line ({} bytes) was cut off", path, static_cast<long long>(size_ - end));
+        size_ = end;
+      }
+    }
+    if (size_ == 0 && !append_row(header))
+      return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
+    return Ok();
+  }
+  // False (errno set) when the row could not be written whole; the file is then as before.
+  bool append_row(std::string_view row) {
+    size_t done = 0;
+    while (done < row.size()) {
+      ssize_t w = ::pwrite(fd_, row.data() + done, row.size() - done, size_ + static_cast<off_t>(done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        const int err = w < 0 ? errno : ENOSPC;
+        (void)!::ftruncate(fd_, size_);
+        errno = err;
+        return false;
+      }
+      done += static_cast<size_t>(w);
+    }
+    size_ += static_cast<off_t>(done);
+    return true;
+  }
+  Status close() {
+    if (fd_ < 0) return Ok();
+    int r = ::close(fd_);
+    fd_ = -1;
+    if (r != 0) return Error(Code::kIo, "cannot write " + path_ + ": " + std::strerror(errno));
+    return Ok();
+  }
+  bool is_open() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+  off_t size_ = 0;
+  std::string path_;
 };
 
 class LivePeer final : public EngineHost {
@@ -184,7 +254,7 @@ class LivePeer final : public EngineHost {
   std::deque<Outgoing> outbox_;
   std::atomic<uint64_t> seq_{0};  // frame sequence numbers (loop and worker both send)
   Clock::time_point t0_ = Clock::now();
-  FILE* csv_ = nullptr;
+  RowFile csv_;
   std::atomic<bool> csv_failed_{false};
   std::atomic<double> last_acc_{0}, last_loss_{0};
   std::atomic<uint64_t> age_seen_{0};
@@ -333,10 +403,7 @@ Status LivePeer::setup() {
     // A resumed peer goes on with the rows it wrote before it stopped.
     std::error_code ec;
     const bool append = resumed_ && std::filesystem::file_size(path, ec) > 0 && !ec;
-    csv_ = std::fopen(path.c_str(), append ? "a" : "w");
-    if (!csv_) return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
-    if ((!append && std::fputs(control::csv_header().c_str(), csv_) < 0) || std::fflush(csv_) != 0)
-      return Error(Code::kIo, "cannot write " + path + ": " + std::strerror(errno));
+    MYCEL_CHECK(csv_.open(path, append, control::csv_header()));
   }
   // The control endpoint (off unless control.enabled: `mycel run` turns it on, on loopback).
   if (cfg_.control.enabled) {
@@ -562,11 +629,11 @@ void LivePeer::evaluate(double t) {
   }
   last_acc_ = e->accuracy;
   last_loss_ = e->loss;
-  if (csv_) {
+  if (csv_.is_open()) {
     auto snap = snapshot(t, false);
-    // Checked: a row that cannot be written (a full disk) is logged once, and the peer exits
-    // non-zero at the end naming its CSV.
-    if ((std::fputs(control::csv_row(*snap).c_str(), csv_) < 0 || std::fflush(csv_) != 0) && !csv_failed_.exchange(true))
+    // Checked: a row that cannot be written whole (a full disk) is cut back off and logged once,
+    // and the peer exits non-zero at the end naming its CSV; later rows are still tried.
+    if (!csv_.append_row(control::csv_row(*snap)) && !csv_failed_.exchange(true))
       MYCEL_LOG_WARN("runtime", "peer {}: cannot write peer-{}.csv ({}): its rows are incomplete", args_.id, args_.id,
                      std::strerror(errno));
   }
@@ -754,13 +821,10 @@ Status LivePeer::run(const std::atomic<bool>* stop) {
   while (Clock::now() < until) tr_->poll(0.05);
   tr_->close();
   if (ctl_) ctl_->stop();
-  if (csv_ && std::fclose(csv_) != 0) {
-    csv_ = nullptr;
-    return Error(Code::kIo, "cannot write peer-" + std::to_string(args_.id) + ".csv: " + std::strerror(errno));
-  }
-  csv_ = nullptr;
+  MYCEL_CHECK(csv_.close());
   if (csv_failed_.load())
-    return Error(Code::kIo, "peer-" + std::to_string(args_.id) + ".csv is incomplete: rows could not be written");
+    return Error(Code::kIo, "peer-" + std::to_string(args_.id) +
+                                ".csv is incomplete: rows could not be written (those written are whole)");
   if (!final_ckpt.is_ok()) return Error(final_ckpt.code(), "the last checkpoint: " + final_ckpt.message());
   return Ok();
 }

@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -344,6 +345,20 @@ TEST(Resume, FullDiskForTheCsvIsReportedAndANonZeroExit) {
   EXPECT_EQ(rc, 2) << text;
   EXPECT_NE(text.find("cannot write peer-0.csv"), std::string::npos) << text;
   EXPECT_NE(text.find("peer-0.csv is incomplete"), std::string::npos) << text;
+  // What was written is whole rows: no row cut at the size limit.
+  const std::string csv = slurp(dir / "out" / "peer-0.csv");
+  ASSERT_FALSE(csv.empty());
+  EXPECT_EQ(csv.back(), '\n') << "the CSV ends in a torn row";
+  std::istringstream lines(csv);
+  std::string line;
+  std::getline(lines, line);
+  const auto columns = std::count(line.begin(), line.end(), ',');
+  int rows = 0;
+  while (std::getline(lines, line)) {
+    EXPECT_EQ(std::count(line.begin(), line.end(), ','), columns) << "row " << rows << ": " << line;
+    ++rows;
+  }
+  EXPECT_GT(rows, 0);
   const std::string j = slurp(dir / "out" / "peer-0.json");
   EXPECT_FALSE(j.empty());
   EXPECT_GT(json_number(j, "test_accuracy"), 0) << j;
