@@ -2,9 +2,9 @@
 # Builds and runs the whole test suite:
 #   1. Release build (CUDA compiled for the default architectures where nvcc exists), ctest;
 #   2. the asan preset (ASan + UBSan, CPU), ctest;
-#   3. the fuzzers (frame decoder, csv: reader) for a bounded time each (when clang's
-#      libFuzzer is present).
-# Options: --quick (step 1 only), --fuzz-seconds N per fuzzer (default 55: under 2 minutes).
+#   3. the fuzzers (frame decoder, csv: reader, PUT /params, checkpoint and config readers) for a
+#      bounded time each (when clang's libFuzzer is present).
+# Options: --quick (step 1 only), --fuzz-seconds N per fuzzer (default 55: about 5 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
