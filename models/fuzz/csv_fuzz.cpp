@@ -44,9 +44,7 @@ int write_corpus(const char* dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-  if (const char* dir = std::getenv("MYCEL_FUZZ_WRITE_CORPUS")) std::exit(write_corpus(dir));
-  mycel::log::set_levels("off");
-  return 0;
+  return mycel::fuzz::initialize(write_corpus);
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

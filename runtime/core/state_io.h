@@ -37,26 +37,10 @@ class StateWriter {
 class StateReader {
  public:
   explicit StateReader(std::span<const uint8_t> b) : b_(b) {}
-  uint8_t u8() {
-    uint8_t v = 0;
-    get(&v, 1);
-    return v;
-  }
-  uint32_t u32() {
-    uint32_t v = 0;
-    get(&v, 4);
-    return v;
-  }
-  uint64_t u64() {
-    uint64_t v = 0;
-    get(&v, 8);
-    return v;
-  }
-  double f64() {
-    double v = 0;
-    get(&v, 8);
-    return v;
-  }
+  uint8_t u8() { return pod<uint8_t>(); }
+  uint32_t u32() { return pod<uint32_t>(); }
+  uint64_t u64() { return pod<uint64_t>(); }
+  double f64() { return pod<double>(); }
   // A string of at most max_len bytes (longer: failure, nothing allocated).
   std::string str(size_t max_len = 4096) {
     const uint32_t n = u32();
@@ -84,6 +68,12 @@ class StateReader {
   void fail() { ok_ = false; }
 
  private:
+  template <typename T>
+  T pod() {  // little-endian hosts only, as the writer
+    T v{};
+    get(&v, sizeof v);
+    return v;
+  }
   void get(void* p, size_t n) {
     if (!ok_ || n > left()) {
       ok_ = false;

@@ -31,31 +31,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using mycel::test::free_port;
+using mycel::test::have_spambase;
+using mycel::test::json_number;
+using mycel::test::mycel_bin;
+using mycel::test::slurp;
 using mycel::test::spawn;
 using mycel::test::wait_exit;
 using Clock = std::chrono::steady_clock;
-
-std::string mycel_bin() { return std::string(MYCEL_BINARY_DIR) + "/bin/mycel"; }
-
-bool have_spambase() {
-  const char* d = std::getenv("MYCEL_DATA");
-  fs::path dir = d && *d ? fs::path(d) : fs::path(MYCEL_SOURCE_DIR) / "data";
-  setenv("MYCEL_DATA", dir.c_str(), 1);
-  return fs::exists(dir / "spambase");
-}
-
-std::string slurp(const fs::path& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-double json_number(const std::string& text, const std::string& key) {
-  auto pos = text.find("\"" + key + "\":");
-  if (pos == std::string::npos) return -1;
-  return std::strtod(text.c_str() + pos + key.size() + 3, nullptr);
-}
 
 // peer-ID.csv as rows of name -> value.
 std::vector<std::map<std::string, double>> read_csv(const fs::path& path) {
@@ -326,20 +308,14 @@ TEST(Resume, FullDiskForTheCsvIsReportedAndANonZeroExit) {
                                    "protocol:\n  period_s: 0.3\npeers:\n  count: 1\n  transport: inproc\n"
                                    "run:\n  duration_s: 3\neval:\n  every_s: 0.02\n  max_test: 200\n";
   const std::string log = (dir / "p.log").string();
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    if (f) {
-      dup2(fileno(f), 1);
-      dup2(fileno(f), 2);
-    }
-    struct rlimit rl {};
-    rl.rlim_cur = rl.rlim_max = 4096;
-    setrlimit(RLIMIT_FSIZE, &rl);
-    execl(mycel_bin().c_str(), mycel_bin().c_str(), "--threads", "1", "--log-level", "warn", "peer", "--config",
-          (dir / "c.yaml").c_str(), "--id", "0", "--listen", "inproc://a", "--out", (dir / "out").c_str(), nullptr);
-    _exit(127);
-  }
+  // The result files may not grow past 4096 bytes (a full disk for this peer alone).
+  pid_t pid = spawn({mycel_bin(), "--threads", "1", "--log-level", "warn", "peer", "--config", (dir / "c.yaml").string(),
+                     "--id", "0", "--listen", "inproc://a", "--out", (dir / "out").string()},
+                    log, [] {
+                      struct rlimit rl {};
+                      rl.rlim_cur = rl.rlim_max = 4096;
+                      setrlimit(RLIMIT_FSIZE, &rl);
+                    });
   const int rc = wait_exit(pid);
   const std::string text = slurp(log);
   EXPECT_EQ(rc, 2) << text;

@@ -30,19 +30,14 @@
 namespace {
 
 namespace fs = std::filesystem;
+using mycel::test::find_peer_child;
 using mycel::test::free_port;
+using mycel::test::have_spambase;
+using mycel::test::json_number;
+using mycel::test::mycel_bin;
+using mycel::test::slurp;
 using mycel::test::spawn;
 using mycel::test::wait_exit;
-
-std::string mycel_bin() { return std::string(MYCEL_BINARY_DIR) + "/bin/mycel"; }
-
-// The peers run in ctest's working folder: point them at the source tree's data folder.
-bool have_spambase() {
-  const char* d = std::getenv("MYCEL_DATA");
-  fs::path dir = d && *d ? fs::path(d) : fs::path(MYCEL_SOURCE_DIR) / "data";
-  setenv("MYCEL_DATA", dir.c_str(), 1);
-  return fs::exists(dir / "spambase");
-}
 
 #define REQUIRE_RUNTIME()                                                                       \
   do {                                                                                          \
@@ -50,19 +45,6 @@ bool have_spambase() {
     if (!have_spambase()) GTEST_SKIP() << "spambase missing: run scripts/fetch-data.sh spambase"; \
     if (!fs::exists(mycel_bin())) GTEST_SKIP() << "mycel binary not built at " << mycel_bin();    \
   } while (0)
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-double json_number(const std::string& text, const std::string& key) {
-  auto pos = text.find("\"" + key + "\":");
-  if (pos == std::string::npos) return -1;
-  return std::strtod(text.c_str() + pos + key.size() + 3, nullptr);
-}
 
 fs::path temp_dir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("mycel-" + name + "-" + std::to_string(getpid()));
@@ -226,15 +208,7 @@ TEST(Swarm, RunExitsNonZeroNamingAKilledPeer) {
   write_config(dir / "c.yaml", 3, 6, dir / "runs");
   pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string()}, (dir / "run.log").string());
   // Find the child started with --id 2 and kill it once it is up.
-  pid_t victim = -1;
-  for (int tries = 0; tries < 100 && victim < 0; ++tries) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    std::istringstream kids(slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children"));
-    for (pid_t k; kids >> k;) {
-      std::string cmd = slurp("/proc/" + std::to_string(k) + "/cmdline");
-      if (cmd.find(std::string("--id\0002\0", 7)) != std::string::npos) victim = k;
-    }
-  }
+  const pid_t victim = find_peer_child(pid, 2);
   ASSERT_GT(victim, 0) << "no peer 2 among the children of mycel run";
   std::this_thread::sleep_for(std::chrono::seconds(2));
   kill(victim, SIGKILL);
@@ -260,15 +234,7 @@ TEST(Swarm, RunStopsAHungPeerAfterItsDurationAndNamesIt) {
                                    "peers:\n  count: 3\nrun:\n  duration_s: 3\neval:\n  every_s: 1\noutput: "
                                 << (dir / "runs").string() << "\n";
   pid_t pid = spawn({mycel_bin(), "run", (dir / "c.yaml").string()}, (dir / "run.log").string());
-  pid_t victim = -1;
-  for (int tries = 0; tries < 100 && victim < 0; ++tries) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    std::istringstream kids(slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children"));
-    for (pid_t k; kids >> k;) {
-      std::string cmd = slurp("/proc/" + std::to_string(k) + "/cmdline");
-      if (cmd.find(std::string("--id\0001\0", 7)) != std::string::npos) victim = k;
-    }
-  }
+  const pid_t victim = find_peer_child(pid, 1);
   ASSERT_GT(victim, 0) << "no peer 1 among the children of mycel run";
   std::this_thread::sleep_for(std::chrono::seconds(1));
   kill(victim, SIGSTOP);

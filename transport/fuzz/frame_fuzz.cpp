@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fuzz_seeds.h"
 #include "common/log.h"
 #include "transport/frame.h"
 
@@ -68,10 +69,7 @@ int write_corpus(const char* dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-  if (const char* dir = std::getenv("MYCEL_FUZZ_WRITE_CORPUS")) std::exit(write_corpus(dir));
-  // The decoder logs rejected frames; keep the fuzzer's output readable and fast.
-  mycel::log::set_levels("off");
-  return 0;
+  return mycel::fuzz::initialize(write_corpus);
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -62,9 +62,7 @@ const mr::ExperimentConfig& defaults() {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-  if (const char* dir = std::getenv("MYCEL_FUZZ_WRITE_CORPUS")) std::exit(write_corpus(dir));
-  mycel::log::set_levels("off");
-  return 0;
+  return mycel::fuzz::initialize(write_corpus);
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

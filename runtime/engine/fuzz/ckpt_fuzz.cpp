@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fuzz_seeds.h"
 #include "runtime/engine/checkpoint.h"
 
 namespace ck = mycel::runtime::ckpt;
@@ -58,9 +59,8 @@ int write_corpus(const char* dir) {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* dir = std::getenv("MYCEL_FUZZ_WRITE_CORPUS")) std::exit(write_corpus(dir));
-  return 0;
+extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
+  return mycel::fuzz::initialize(write_corpus);
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
